@@ -1,0 +1,30 @@
+// Project-wide configuration: index type, version, inlining and restrict macros.
+#ifndef ATTEND_CORE_CONFIG_HPP_
+#define ATTEND_CORE_CONFIG_HPP_
+
+#include <cstddef>
+#include <cstdint>
+
+#define ATTEND_VERSION_MAJOR 0
+#define ATTEND_VERSION_MINOR 1
+#define ATTEND_VERSION_PATCH 0
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ATTEND_INLINE inline __attribute__((always_inline))
+#define ATTEND_NOINLINE __attribute__((noinline))
+#define ATTEND_RESTRICT __restrict__
+#else
+#define ATTEND_INLINE inline
+#define ATTEND_NOINLINE
+#define ATTEND_RESTRICT
+#endif
+
+namespace attend {
+
+/// Signed 64-bit index for every extent, stride and offset: a 1M-token KV cache with
+/// 32 heads of 128 dims already overflows 32-bit offsets.
+using index_t = std::ptrdiff_t;
+
+}  // namespace attend
+
+#endif  // ATTEND_CORE_CONFIG_HPP_

@@ -1,0 +1,286 @@
+// Dense softmax attention: prefill (query tiles x all keys) and decode (split-K over the keys,
+// merged by LSE), both run by the one engine of engine/flash.hpp.
+#ifndef ATTEND_DENSE_ATTENTION_HPP_
+#define ATTEND_DENSE_ATTENTION_HPP_
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "../core/params.hpp"
+#include "../core/parallel.hpp"
+#include "../core/validate.hpp"
+#include "../engine/flash.hpp"
+#include "../engine/key_sources.hpp"
+#include "../engine/masks.hpp"
+#include "../engine/row_mods.hpp"
+#include "../engine/score_mods.hpp"
+
+namespace attend {
+namespace detail {
+
+/// Split-K decode: when a call has at most 16 queries, the keys are cut into splits of this many
+/// keys (0 = no split). It depends on the lengths only, never on the thread count, so results
+/// do not change with the number of threads.
+inline index_t decode_split_length(index_t seq_q, index_t seq_k) noexcept {
+  if (seq_q > 16 || seq_k < 1024) return 0;
+  const index_t tile = engine::kv_tile_size;
+  const index_t by_count = ((seq_k + 255) / 256 + tile - 1) / tile * tile;  // at most 256 splits
+  return std::max<index_t>(512, by_count);
+}
+
+/// Calls f(integral_constant<DK>, integral_constant<DV>) with compile-time head dims for the
+/// fast paths (64, 80, 96, 128, 256 with dk == dv) and 0 (run-time dims) otherwise.
+template <class F>
+void dispatch_head_dims(index_t dk, index_t dv, F&& f) {
+  using std::integral_constant;
+  if (dk == dv) {
+    switch (dk) {
+      case 64: return f(integral_constant<index_t, 64>{}, integral_constant<index_t, 64>{});
+      case 80: return f(integral_constant<index_t, 80>{}, integral_constant<index_t, 80>{});
+      case 96: return f(integral_constant<index_t, 96>{}, integral_constant<index_t, 96>{});
+      case 128: return f(integral_constant<index_t, 128>{}, integral_constant<index_t, 128>{});
+      case 256: return f(integral_constant<index_t, 256>{}, integral_constant<index_t, 256>{});
+      default: break;
+    }
+  }
+  f(integral_constant<index_t, 0>{}, integral_constant<index_t, 0>{});
+}
+
+/// The dense driver behind attention() and every operator that is dense attention with other
+/// hooks (sinks, gates, calibration): q [batch, seq_q, heads_q, dk], k/v [batch, seq_k, heads_kv,
+/// dk/dv], o [batch, seq_q, heads_q, dv], lse optional [batch, heads_q, seq_q]. Inputs must be
+/// validated. Prefill runs row blocks (a KV group's heads x a query tile) heaviest first; decode
+/// (seq_q <= 16, long caches) splits the keys and merges the partial states in split order.
+template <class Arch, index_t DK, index_t DV, class KV, class Variant>
+void dense_forward(const view4<const float>& q, const view4<const KV>& k, const view4<const KV>& v,
+                   const view4<float>& o, const view3<float>& lse, const index_t* kv_lens,
+                   float scale, const Variant& var, workspace* user_scratch) {
+  using scratch_t = engine::scratch<Arch, KV>;
+  const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
+  const index_t dk = q.extent(3), seq_k = k.extent(1), heads_kv = k.extent(2), dv = v.extent(3);
+  const index_t group = heads_q / heads_kv;
+  const index_t max_rows = engine::max_rows_for(dk, dv);
+  const index_t heads_per_block = std::min(group, max_rows);
+  const index_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
+  const index_t queries_per_block = std::max<index_t>(1, max_rows / heads_per_block);
+  const index_t query_tiles = (seq_q + queries_per_block - 1) / queries_per_block;
+  const index_t split = decode_split_length(seq_q, seq_k);
+  const index_t splits = split ? (seq_k + split - 1) / split : 1;
+  const index_t groups = batch * heads_kv * head_chunks;
+
+  const int threads = max_threads();
+  const index_t per_thread = scratch_t::floats(max_rows, dk, dv);
+  const index_t partial_row = dv + 1;  // normalised o, then lse
+  const index_t partial_floats = splits > 1 ? batch * heads_q * seq_q * splits * partial_row : 0;
+  workspace local;
+  workspace& ws = user_scratch ? *user_scratch : local;
+  float* const base = ws.reserve(per_thread * threads + partial_floats);
+  float* const partial = base + per_thread * threads;
+
+  const engine::problem<KV> pb{q, scale, dk, dv};
+  const engine::dense_keys<KV> keys{k, v, kv_lens};
+  auto length_of = [&](index_t b) { return kv_lens ? kv_lens[b] : seq_k; };
+  auto block_of = [&](index_t g, index_t tile) {
+    engine::row_block rb;
+    rb.batch = g / (heads_kv * head_chunks);
+    rb.kv_head = (g / head_chunks) % heads_kv;
+    const index_t chunk = g % head_chunks;
+    rb.head0 = rb.kv_head * group + chunk * heads_per_block;
+    rb.heads = std::min(heads_per_block, group - chunk * heads_per_block);
+    rb.query0 = tile * queries_per_block;
+    rb.queries = std::min(queries_per_block, seq_q - rb.query0);
+    rb.pos0 = length_of(rb.batch) - seq_q + rb.query0;
+    return rb;
+  };
+  auto scratch_of = [&](int t) {
+    bump b(base + t * per_thread);
+    return scratch_t::carve(b, max_rows, dk, dv);
+  };
+
+  if (splits == 1) {
+    parallel_for(groups * query_tiles, threads, [&](index_t item, int t) {
+      const index_t tile = query_tiles - 1 - item / groups;  // last (heaviest causal) tiles first
+      engine::run_rows<Arch, DK, DV>(pb, block_of(item % groups, tile), keys, var, scratch_of(t),
+                                     [&](index_t, const engine::row_ctx& ctx, float* row, float l) {
+                                       engine::finish_row<Arch>(var, ctx, row, l, dv, o, lse);
+                                     });
+    });
+    return;
+  }
+
+  // Split-K: partial states laid out [batch, heads_q, seq_q, split] so each row merges in place.
+  parallel_for(groups * query_tiles * splits, threads, [&](index_t item, int t) {
+    const index_t s = item % splits;
+    const index_t rest = item / splits;
+    engine::dense_keys<KV> part = keys;
+    part.begin = s * split;
+    part.end = part.begin + split;
+    engine::run_rows<Arch, DK, DV>(
+        pb, block_of(rest % groups, rest / groups), part, var, scratch_of(t),
+        [&](index_t, const engine::row_ctx& ctx, const float* row, float l) {
+          float* dst =
+              partial + (((ctx.batch * heads_q + ctx.head) * seq_q + ctx.query) * splits + s) *
+                            partial_row;
+          std::copy(row, row + dv, dst);
+          dst[dv] = l;
+        });
+  });
+  parallel_for(batch * heads_q * seq_q, threads, [&](index_t row, int) {
+    float* acc = partial + row * splits * partial_row;
+    float acc_lse = acc[dv];
+    for (index_t s = 1; s < splits; ++s) {
+      const float* st = acc + s * partial_row;
+      engine::merge_state<Arch>(acc, acc_lse, st, st[dv], dv);
+    }
+    const index_t b = row / (heads_q * seq_q), h = (row / seq_q) % heads_q, i = row % seq_q;
+    engine::finish_row<Arch>(var, engine::row_ctx{b, h, i, length_of(b) - seq_q + i}, acc,
+                             acc_lse, dv, o, lse);
+  });
+}
+
+/// Checks every argument of attention() before any work; throws attend::invalid_argument.
+template <class KV>
+void validate_attention(const char* op, const view4<const float>& q, const view4<const KV>& k,
+                        const view4<const KV>& v, const view4<float>& o,
+                        const attention_params& p) {
+  check_tensor(op, "q", q);
+  check_tensor(op, "k", k);
+  check_tensor(op, "v", v);
+  check_output(op, "o", o);
+  const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
+  const index_t seq_k = k.extent(1), heads_kv = k.extent(2);
+  ATTEND_CHECK(k.extent(0) == batch && v.extent(0) == batch, op, ": batch of q (", batch,
+               "), k (", k.extent(0), ") and v (", v.extent(0), ") differ");
+  ATTEND_CHECK(v.extent(1) == seq_k && v.extent(2) == heads_kv, op, ": v ", shape_string(v),
+               " must match k ", shape_string(k), " in seq_k and heads_kv");
+  ATTEND_CHECK(heads_q % heads_kv == 0, op, ": q heads (", heads_q,
+               ") must be a multiple of kv heads (", heads_kv, ")");
+  ATTEND_CHECK(k.extent(3) == q.extent(3), op, ": head dim of k (", k.extent(3),
+               ") must equal that of q (", q.extent(3), ")");
+  check_extents(op, "o", o, {batch, seq_q, heads_q, v.extent(3)});
+  check_disjoint(op, "o", o, "q", q);
+  check_disjoint(op, "o", o, "k", k);
+  check_disjoint(op, "o", o, "v", v);
+  if (p.scale) ATTEND_CHECK(std::isfinite(*p.scale), op, ": scale must be finite (", *p.scale, ")");
+  ATTEND_CHECK(p.window_left >= -1 && p.window_right >= -1, op, ": window (", p.window_left, ", ",
+               p.window_right, ") must be >= 0, or -1 for unbounded");
+  ATTEND_CHECK(std::isfinite(p.softcap) && p.softcap >= 0.0f, op, ": softcap (", p.softcap,
+               ") must be finite and >= 0");
+  if (p.alibi_slopes.has_value()) {
+    check_tensor(op, "alibi_slopes", p.alibi_slopes);
+    check_extents(op, "alibi_slopes", p.alibi_slopes, {heads_q});
+  }
+  if (p.sinks.has_value()) {
+    check_tensor(op, "sinks", p.sinks);
+    check_extents(op, "sinks", p.sinks, {heads_q});
+  }
+  if (p.bias.has_value()) check_broadcast4(op, "bias", p.bias, batch, heads_q, seq_q, seq_k);
+  if (p.mask.has_value()) check_broadcast4(op, "mask", p.mask, batch, heads_q, seq_q, seq_k);
+  if (p.kv_lens.has_value()) {
+    check_tensor(op, "kv_lens", p.kv_lens);
+    check_extents(op, "kv_lens", p.kv_lens, {batch});
+    for (index_t b = 0; b < batch; ++b)
+      ATTEND_CHECK(p.kv_lens(b) >= 0 && p.kv_lens(b) <= seq_k, op, ": kv_lens[", b, "] = ",
+                   p.kv_lens(b), " is outside [0, seq_k = ", seq_k, "]");
+  }
+  if (p.lse.has_value()) {
+    check_output(op, "lse", p.lse);
+    check_extents(op, "lse", p.lse, {batch, heads_q, seq_q});
+    check_disjoint(op, "lse", p.lse, "o", o);
+    check_disjoint(op, "lse", p.lse, "q", q);
+    check_disjoint(op, "lse", p.lse, "k", k);
+    check_disjoint(op, "lse", p.lse, "v", v);
+  }
+}
+
+/// The mask of attention_params: causal folds into the right window bound.
+inline engine::standard_mask make_mask(const attention_params& p) {
+  engine::standard_mask m;
+  m.left = p.window_left;
+  m.right = p.causal ? (p.window_right < 0 ? 0 : std::min<index_t>(p.window_right, 0))
+                     : p.window_right;
+  if (p.mask.has_value()) {
+    m.mask = p.mask.data();
+    m.mask_stride_b = broadcast_stride(p.mask, 0);
+    m.mask_stride_h = broadcast_stride(p.mask, 1);
+    m.mask_stride_q = p.mask.stride(2);
+    m.mask_stride_k = p.mask.stride(3);
+  }
+  return m;
+}
+
+/// The score modifier of attention_params (softcap, ALiBi, bias), or none.
+inline engine::standard_score_mod make_score_mod(const attention_params& p) {
+  engine::standard_score_mod s;
+  s.softcap = p.softcap;
+  s.alibi_slopes = p.alibi_slopes.has_value() ? p.alibi_slopes.data() : nullptr;
+  if (p.bias.has_value()) {
+    s.bias = p.bias.data();
+    s.bias_stride_b = broadcast_stride(p.bias, 0);
+    s.bias_stride_h = broadcast_stride(p.bias, 1);
+    s.bias_stride_q = p.bias.stride(2);
+    s.bias_stride_k = p.bias.stride(3);
+  }
+  return s;
+}
+
+inline bool has_score_mod(const attention_params& p) {
+  return p.softcap > 0.0f || p.alibi_slopes.has_value() || p.bias.has_value();
+}
+
+inline float resolve_scale(const attention_params& p, index_t dk) {
+  return p.scale ? *p.scale : 1.0f / std::sqrt(static_cast<float>(dk));
+}
+
+template <class Arch, class KV>
+void attention_dispatch(const view4<const float>& q, const view4<const KV>& k,
+                        const view4<const KV>& v, const view4<float>& o,
+                        const attention_params& p) {
+  const engine::standard_mask mask = make_mask(p);
+  const engine::sink_logits sink{p.sinks.has_value() ? p.sinks.data() : nullptr};
+  const index_t* lens = p.kv_lens.has_value() ? p.kv_lens.data() : nullptr;
+  const float scale = resolve_scale(p, q.extent(3));
+  dispatch_head_dims(q.extent(3), v.extent(3), [&](auto kdk, auto kdv) {
+    constexpr index_t DK = decltype(kdk)::value, DV = decltype(kdv)::value;
+    if (has_score_mod(p)) {
+      const auto var = engine::make_variant(make_score_mod(p), mask, sink);
+      dense_forward<Arch, DK, DV>(q, k, v, o, p.lse, lens, scale, var, p.scratch);
+    } else {
+      const auto var = engine::make_variant(engine::no_score_mod{}, mask, sink);
+      dense_forward<Arch, DK, DV>(q, k, v, o, p.lse, lens, scale, var, p.scratch);
+    }
+  });
+}
+
+}  // namespace detail
+
+/// Softmax attention o = softmax(s) v with the scores of attention_params.
+///
+/// \param q [batch, seq_q, heads_q, head_dim] float
+/// \param k [batch, seq_k, heads_kv, head_dim] float, bf16 or fp16
+/// \param v [batch, seq_k, heads_kv, head_dim_v], same type as k (head_dim_v may differ)
+/// \param o [batch, seq_q, heads_q, head_dim_v] float output
+/// Any layout expressible by strides with a contiguous last axis (BSHD, BHSD, fused QKV, caches
+/// with capacity > length). heads_q must be a multiple of heads_kv (GQA/MQA). seq_q may differ
+/// from seq_k (cross attention, decode, chunked prefill; causal is bottom-right aligned). With
+/// seq_q <= 16 and long caches the keys are split across threads and merged (flash-decoding).
+/// A row that sees no key gets o = 0 and lse = -inf. Throws attend::invalid_argument on bad
+/// shapes, strides or parameters, before writing anything.
+template <class TQ, class TK, class TV>
+void attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& k,
+               const tensor_view<TV, 4>& v, const tensor_view<float, 4>& o,
+               const attention_params& params = {}) {
+  using KV = std::remove_const_t<TK>;
+  static_assert(std::is_same_v<std::remove_const_t<TQ>, float>, "q must be float");
+  static_assert(std::is_same_v<KV, std::remove_const_t<TV>>, "k and v must have one type");
+  static_assert(is_storage_type_v<KV>, "k and v must be float, bf16 or fp16");
+  const view4<const float> qc = q;
+  const view4<const KV> kc = k, vc = v;
+  detail::validate_attention("attend::attention", qc, kc, vc, o, params);
+  detail::attention_dispatch<xsimd::default_arch>(qc, kc, vc, o, params);
+}
+
+}  // namespace attend
+
+#endif  // ATTEND_DENSE_ATTENTION_HPP_

@@ -1,0 +1,49 @@
+// Key sources: deliver the KV tiles of one row block to the engine. A source owns the key
+// layout (contiguous cache, block list, gathered indices, pages) and asks the mask to clip and
+// classify; the engine never sees how keys are stored.
+#ifndef ATTEND_ENGINE_KEY_SOURCES_HPP_
+#define ATTEND_ENGINE_KEY_SOURCES_HPP_
+
+#include <algorithm>
+#include <limits>
+
+#include "../core/tensor_view.hpp"
+#include "variant.hpp"
+
+namespace attend::engine {
+
+/// Contiguous keys of a [batch, seq_k, heads_kv, dim] cache, optionally limited per sequence
+/// (kv_lens) and to a sub-range [begin, end) (one split of split-K decode).
+template <class KV>
+struct dense_keys {
+  view4<const KV> k, v;
+  const index_t* kv_lens = nullptr;  // [batch] or null
+  index_t begin = 0;
+  index_t end = std::numeric_limits<index_t>::max();
+
+  index_t length(index_t batch) const noexcept { return kv_lens ? kv_lens[batch] : k.extent(1); }
+
+  template <class Mask, class Visit>
+  void for_each_tile(const row_block& rb, const Mask& mask, const tile_buffers<KV>& buf,
+                     Visit&& visit) const noexcept {
+    const auto [lo, hi] = mask.key_range(rb, begin, std::min(end, length(rb.batch)));
+    const KV* kb = k.data() + rb.batch * k.stride(0) + rb.kv_head * k.stride(2);
+    const KV* vb = v.data() + rb.batch * v.stride(0) + rb.kv_head * v.stride(2);
+    for (index_t t0 = lo; t0 < hi; t0 += buf.capacity) {
+      const index_t t1 = std::min(t0 + buf.capacity, hi);
+      const tile_kind kind = mask.classify(rb, t0, t1 - 1);
+      if (kind == tile_kind::empty) continue;
+      const index_t n = t1 - t0;
+      for (index_t j = 0; j < n; ++j) {
+        buf.pos[j] = t0 + j;
+        buf.k[j] = kb + (t0 + j) * k.stride(1);
+        buf.v[j] = vb + (t0 + j) * v.stride(1);
+      }
+      visit(kv_tile<KV>{n, kind, buf.pos, buf.k, buf.v});
+    }
+  }
+};
+
+}  // namespace attend::engine
+
+#endif  // ATTEND_ENGINE_KEY_SOURCES_HPP_

@@ -1,0 +1,52 @@
+// Vectorised exp for softmax: Cephes-style range reduction exp(x) = 2^n * exp(r), |r| <= ln2/2,
+// with a degree-6 polynomial. Maximum error 2 ulp against the correctly rounded result for
+// results >= FLT_MIN (tests/test_simd_exp.cpp sweeps it). Specials are exact:
+// exp(-inf) = 0, exp(+inf) = +inf, exp(NaN) = NaN; x < ln(FLT_MIN) (about -87.34) flushes to 0
+// instead of producing a subnormal, x > ln(FLT_MAX) gives +inf.
+#ifndef ATTEND_SIMD_EXP_HPP_
+#define ATTEND_SIMD_EXP_HPP_
+
+#include <limits>
+
+#include "xsimd_compat.hpp"
+
+namespace attend::simd {
+
+template <class Arch>
+ATTEND_INLINE vfloat<Arch> exp(vfloat<Arch> x) noexcept {
+  using V = vfloat<Arch>;
+  using I = vint<Arch>;
+  const V lo(-87.33654475f);  // ln(FLT_MIN)
+  const V hi(88.72283905f);   // ln(FLT_MAX)
+  const V magic(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer held in the low bits
+  const V xc = xsimd::min(xsimd::max(x, lo), hi);
+  const V t = fmadd<Arch>(xc, V(1.44269504088896341f), magic);
+  const V n = t - magic;
+  V r = fnmadd<Arch>(n, V(0.693359375f), xc);  // ln2 split in two for an exact reduction
+  r = fnmadd<Arch>(n, V(-2.12194440e-4f), r);
+  V p(1.9875691500e-4f);
+  p = fmadd<Arch>(p, r, V(1.3981999507e-3f));
+  p = fmadd<Arch>(p, r, V(8.3334519073e-3f));
+  p = fmadd<Arch>(p, r, V(4.1665795894e-2f));
+  p = fmadd<Arch>(p, r, V(1.6666665459e-1f));
+  p = fmadd<Arch>(p, r, V(5.0000001201e-1f));
+  p = fmadd<Arch>(p, r * r, r + V(1.0f));
+  // n in [-126, 128]; 2^n is built in the exponent field, with n = 128 done as 2^127 * 2.
+  const I ni = simd::bit_cast<I>(t) - simd::bit_cast<I>(magic);
+  const I nc = xsimd::min(ni, I(127));
+  V y = p * simd::bit_cast<V>((nc + I(127)) << 23);
+  y = xsimd::select(n > V(127.0f), y + y, y);
+  y = xsimd::select(x < lo, V(0.0f), y);
+  y = xsimd::select(x > hi, V(std::numeric_limits<float>::infinity()), y);
+  return xsimd::select(xsimd::isnan(x), x, y);  // NaN stays NaN
+}
+
+/// Out-of-line wrapper for tests and benchmarks (Highway's CallExp idiom).
+template <class Arch>
+ATTEND_NOINLINE vfloat<Arch> call_exp(vfloat<Arch> x) noexcept {
+  return exp<Arch>(x);
+}
+
+}  // namespace attend::simd
+
+#endif  // ATTEND_SIMD_EXP_HPP_
