@@ -61,13 +61,20 @@ void dense_forward(const view4<const float>& q, const view4<const KV>& k, const 
   const index_t dk = q.extent(3), seq_k = k.extent(1), heads_kv = k.extent(2), dv = v.extent(3);
   const index_t group = heads_q / heads_kv;
   const index_t max_rows = engine::max_rows_for(dk, dv);
+  // Row blocks. Decode-shaped calls (a KV head's rows fit half a register) put several KV heads
+  // in one block, so a [batch, seq, heads, dim] cache is read token by token; otherwise a block
+  // is one KV head's query heads times a query tile.
+  const bool decode_shaped = engine::uses_dot_kernel<Arch>(group * seq_q);
+  const index_t kv_per_block =
+      decode_shaped ? std::min(heads_kv, max_rows / engine::dot_rows_padded(group * seq_q)) : 1;
   const index_t heads_per_block = std::min(group, max_rows);
-  const index_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
   const index_t queries_per_block = std::max<index_t>(1, max_rows / heads_per_block);
+  const index_t kv_chunks = (heads_kv + kv_per_block - 1) / kv_per_block;
+  const index_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
   const index_t query_tiles = (seq_q + queries_per_block - 1) / queries_per_block;
   const index_t split = decode_split_length(seq_q, seq_k);
   const index_t splits = split ? (seq_k + split - 1) / split : 1;
-  const index_t groups = batch * heads_kv * head_chunks;
+  const index_t groups = batch * kv_chunks * head_chunks;
 
   const int threads = max_threads();
   const index_t per_thread = scratch_t::floats(max_rows, dk, dv);
@@ -83,9 +90,11 @@ void dense_forward(const view4<const float>& q, const view4<const KV>& k, const 
   auto length_of = [&](index_t b) { return kv_lens ? kv_lens[b] : seq_k; };
   auto block_of = [&](index_t g, index_t tile) {
     engine::row_block rb;
-    rb.batch = g / (heads_kv * head_chunks);
-    rb.kv_head = (g / head_chunks) % heads_kv;
+    rb.batch = g / (kv_chunks * head_chunks);
+    rb.kv_head = ((g / head_chunks) % kv_chunks) * kv_per_block;
+    rb.kv_heads = std::min(kv_per_block, heads_kv - rb.kv_head);
     const index_t chunk = g % head_chunks;
+    rb.group = group;
     rb.head0 = rb.kv_head * group + chunk * heads_per_block;
     rb.heads = std::min(heads_per_block, group - chunk * heads_per_block);
     rb.query0 = tile * queries_per_block;

@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "../core/dtype.hpp"
+#include "../core/error.hpp"
 #include "../core/tensor_view.hpp"
 #include "../core/workspace.hpp"
 #include "../simd/tile.hpp"
@@ -34,6 +35,18 @@ inline constexpr index_t kv_tile_size = 64;
 /// few enough that Qᵀ, the scores and the accumulators stay in L2.
 inline index_t max_rows_for(index_t dk, index_t dv) noexcept {
   return std::max(dk, dv) <= 128 ? 128 : 64;
+}
+
+/// True when a row block with `rows_per_kv` rows per KV head runs the dot-product QK kernel
+/// (fewer rows than half a register: decode). Such blocks may span several KV heads.
+template <class Arch>
+constexpr bool uses_dot_kernel(index_t rows_per_kv) noexcept {
+  return rows_per_kv <= simd::lanes<Arch> / 2;
+}
+
+/// Rows per KV head as packed for the dot-product kernel (a power of two).
+constexpr int dot_rows_padded(index_t rows_per_kv) noexcept {
+  return rows_per_kv <= 1 ? 1 : rows_per_kv <= 2 ? 2 : rows_per_kv <= 4 ? 4 : 8;
 }
 
 /// Views and scalars shared by every row block of one call.
@@ -63,6 +76,8 @@ struct scratch {
   const KV** tile_k = nullptr;
   const KV** tile_v = nullptr;
   const float** tile_kf = nullptr;
+  float* stats_tile = nullptr;   // [4][ld] row statistics of the current tile
+  float* stats_total = nullptr;  // [4][ld] row statistics so far
 
   static scratch carve(detail::bump& b, index_t max_rows, index_t dk, index_t dv) {
     constexpr index_t w = simd::lanes<Arch>;
@@ -81,10 +96,12 @@ struct scratch {
     s.row_query = b.take<index_t>(s.ld_max);
     s.row_pos = b.take<index_t>(s.ld_max);
     s.row_posf = b.take<float>(s.ld_max);
-    s.tile_pos = b.take<index_t>(s.tile);
-    s.tile_k = b.take<const KV*>(s.tile);
-    s.tile_v = b.take<const KV*>(s.tile);
+    s.tile_pos = b.take<index_t>(2 * s.tile);
+    s.tile_k = b.take<const KV*>(2 * s.tile);
+    s.tile_v = b.take<const KV*>(2 * s.tile);
     s.tile_kf = b.take<const float*>(s.tile);
+    s.stats_tile = b.take<float>(4 * s.ld_max);
+    s.stats_total = b.take<float>(4 * s.ld_max);
     return s;
   }
 
@@ -120,15 +137,22 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
   using Key = std::decay_t<decltype(var.key)>;
   using Score = std::decay_t<decltype(var.score)>;
   using Mask = std::decay_t<decltype(var.mask)>;
+  using Stats = std::decay_t<decltype(var.stats)>;
   constexpr index_t w = simd::lanes<Arch>;
+  constexpr bool transform = !Key::is_identity;
+  static_assert(Stats::accumulators <= 4, "row statistics keep at most 4 floats per row");
   const index_t dk = DK ? DK : pb.dk;
   const index_t dv = DV ? DV : pb.dv;
   const index_t rows = rb.rows();
+  const index_t rpk = rb.rows_per_kv();  // rows of one KV head
   const index_t ld = (rows + w - 1) / w * w;
   const index_t ldacc = ws.ldacc;
-  // Rows fewer than half a register use the dot-product QK (no lanes wasted on padding rows).
-  const bool dot = rows <= w / 2;
-  const int rp = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
+  // A KV head with fewer rows than half a register uses the dot-product QK (no lanes wasted on
+  // padding rows); its queries are packed row-major, `rp` rows per KV head.
+  const bool dot = uses_dot_kernel<Arch>(rpk);
+  const int rp = dot_rows_padded(rpk);
+  ATTEND_DCHECK(dot || rb.kv_heads == 1);  // the broadcast kernel serves one KV head
+  ATTEND_DCHECK(!dot || rb.kv_heads * rp <= ws.ld_max);
 
   // Row data, padded by repeating the last row.
   for (index_t r = 0; r < ld; ++r) {
@@ -140,10 +164,10 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
   }
   const row_info ri = ws.rows();
 
-  // Pack the scaled queries: Qᵀ [dk][ld] for the broadcast kernel, rows [rp][dk] for dot.
+  // Pack the scaled queries: Qᵀ [dk][ld] for the broadcast kernel, [kv_heads][rp][dk] for dot.
   const float scale = pb.scale;
   if (dot) {
-    std::fill(ws.q, ws.q + rp * dk, 0.0f);
+    std::fill(ws.q, ws.q + rb.kv_heads * rp * dk, 0.0f);
     std::fill(ws.st, ws.st + ws.tile * ld, 0.0f);
   } else {
     std::fill(ws.q, ws.q + dk * ld, 0.0f);
@@ -151,7 +175,8 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
   for (index_t r = 0; r < rows; ++r) {
     const float* src = pb.q.data() + pb.q.offset(rb.batch, ri.query[r], ri.head[r], 0);
     if (dot) {
-      for (index_t d = 0; d < dk; ++d) ws.q[r * dk + d] = src[d] * scale;
+      float* dst = ws.q + ((r / rpk) * rp + r % rpk) * dk;
+      for (index_t d = 0; d < dk; ++d) dst[d] = src[d] * scale;
     } else {
       for (index_t d = 0; d < dk; ++d) ws.q[d * ld + r] = src[d] * scale;
     }
@@ -159,41 +184,63 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
   std::fill(ws.m, ws.m + ld, neg_inf);
   std::fill(ws.l, ws.l + ld, 0.0f);
   std::fill(ws.acc, ws.acc + rows * ldacc, 0.0f);
+  if constexpr (!Stats::is_identity) std::fill(ws.stats_total, ws.stats_total + 4 * ld, 0.0f);
 
   tile_buffers<KV> buf{ws.tile, ws.tile_pos, ws.tile_k, ws.tile_v};
   keys.for_each_tile(rb, var.mask, buf, [&](const kv_tile<KV>& t) {
     const index_t n = t.count;
     // K rows as float when the broadcast kernel needs them (narrow storage) or a key transform
     // rewrites them; otherwise the kernels read the cache rows directly.
-    constexpr bool transform = !Key::is_identity;
     const bool widen = transform || (!dot && !std::is_same_v<KV, float>);
-    if (widen) {
-      for (index_t j = 0; j < n; ++j) {
-        float* dst = ws.kf + j * dk;
-        index_t d = 0;
-        for (; d + w <= dk; d += w) simd::load<Arch>(t.k[j] + d).store_unaligned(dst + d);
-        for (; d < dk; ++d) dst[d] = simd::load_scalar(t.k[j] + d);
-        if constexpr (transform) var.key.apply(dst, dk, t.pos[j], rb.kv_head);
-        ws.tile_kf[j] = dst;
-      }
-    }
-    if (dot) {
-      auto run_dot = [&](auto krows) {
-        switch (rp) {
-          case 1: simd::qk_dot<Arch, 1, DK>(krows, n, ws.q, rows, dk, ws.st, ld); break;
-          case 2: simd::qk_dot<Arch, 2, DK>(krows, n, ws.q, rows, dk, ws.st, ld); break;
-          case 4: simd::qk_dot<Arch, 4, DK>(krows, n, ws.q, rows, dk, ws.st, ld); break;
-          default:
-            if constexpr (w >= 16) simd::qk_dot<Arch, 8, DK>(krows, n, ws.q, rows, dk, ws.st, ld);
-            break;
+    // Several KV heads whose rows interleave token by token: take 8 tokens at a time across
+    // every head (a sequential read). Otherwise each head streams its own rows, with software
+    // prefetch in the decode kernel, and V is taken 8 keys at a time.
+    const bool by_token = rb.kv_heads > 1 && t.heads_interleaved;
+    const index_t chunk = by_token ? 8 : n;
+    const index_t pv_chunk = dot && !by_token ? 8 : 0;
+
+    for (index_t c0 = 0; c0 < n; c0 += chunk) {
+      const index_t cn = std::min(chunk, n - c0);
+      for (index_t g = 0; g < rb.kv_heads; ++g) {
+        const index_t k_off = g * t.k_head_stride, v_off = g * t.v_head_stride;
+        const index_t r0 = g * rpk;
+        float* st = ws.st + c0 * ld + r0;
+        if (widen) {
+          for (index_t j = 0; j < cn; ++j) {
+            float* dst = ws.kf + j * dk;
+            const KV* src = t.k[c0 + j] + k_off;
+            index_t d = 0;
+            for (; d + w <= dk; d += w) simd::load<Arch>(src + d).store_unaligned(dst + d);
+            for (; d < dk; ++d) dst[d] = simd::load_scalar(src + d);
+            if constexpr (transform) var.key.apply(dst, dk, t.pos[c0 + j], rb.kv_head + g);
+            ws.tile_kf[j] = dst;
+          }
         }
-      };
-      if (widen) run_dot(static_cast<const float* const*>(ws.tile_kf));
-      else if constexpr (!transform) run_dot(t.k);
-    } else if constexpr (std::is_same_v<KV, float> && !transform) {
-      simd::qk_bcast<Arch, DK>(widen ? ws.tile_kf : t.k, n, ws.q, ld, dk, ws.st);
-    } else {
-      simd::qk_bcast<Arch, DK>(ws.tile_kf, n, ws.q, ld, dk, ws.st);
+        if (dot) {
+          const float* q = ws.q + g * rp * dk;
+          simd::prefetch_plan<KV> ahead;
+          if (!by_token)
+            ahead = {t.k + c0, cn, t.next_k, t.next_count, k_off, dk, t.v + c0, v_off, dv};
+          auto run_dot = [&](auto krows, index_t off) {
+            switch (rp) {
+              case 1: simd::qk_dot<Arch, 1, DK>(krows, cn, q, rpk, dk, st, ld, off, ahead); break;
+              case 2: simd::qk_dot<Arch, 2, DK>(krows, cn, q, rpk, dk, st, ld, off, ahead); break;
+              case 4: simd::qk_dot<Arch, 4, DK>(krows, cn, q, rpk, dk, st, ld, off, ahead); break;
+              default:
+                if constexpr (w >= 16)
+                  simd::qk_dot<Arch, 8, DK>(krows, cn, q, rpk, dk, st, ld, off, ahead);
+                break;
+            }
+          };
+          if (widen) run_dot(static_cast<const float* const*>(ws.tile_kf), 0);
+          else if constexpr (!transform) run_dot(t.k + c0, k_off);
+        } else if constexpr (std::is_same_v<KV, float> && !transform) {
+          if (widen) simd::qk_bcast<Arch, DK>(ws.tile_kf, cn, ws.q, ld, dk, st);
+          else simd::qk_bcast<Arch, DK>(t.k + c0, cn, ws.q, ld, dk, st, k_off);
+        } else {
+          simd::qk_bcast<Arch, DK>(ws.tile_kf, cn, ws.q, ld, dk, st);
+        }
+      }
     }
 
     if constexpr (!Score::is_identity) var.score.template apply<Arch>(rb, ri, t.pos, n, ws.st, ld);
@@ -208,10 +255,31 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
       }
     }
 
-    softmax_tile<Arch>(ws.st, ld, n, ws.m, ws.l, ws.alpha, [](index_t, const V&, const V&) {});
+    if constexpr (Stats::is_identity) {
+      softmax_tile<Arch>(ws.st, ld, n, ws.m, ws.l, ws.alpha,
+                         [](index_t, index_t, const V&, const V&) {});
+    } else {
+      std::fill(ws.stats_tile, ws.stats_tile + Stats::accumulators * ld, 0.0f);
+      softmax_tile<Arch>(ws.st, ld, n, ws.m, ws.l, ws.alpha,
+                         [&](index_t j, index_t r, const V& sv, const V& pv) {
+                           var.stats.template visit<Arch>(ws.stats_tile, ld, t.pos, j, r, sv, pv);
+                         });
+      for (int a = 0; a < Stats::accumulators; ++a)  // total = total * alpha + tile
+        for (index_t r = 0; r < ld; r += w) {
+          float* tot = ws.stats_total + a * ld + r;
+          simd::fmadd<Arch>(V::load_aligned(tot), V::load_aligned(ws.alpha + r),
+                            V::load_aligned(ws.stats_tile + a * ld + r))
+              .store_aligned(tot);
+        }
+    }
     for (index_t r = 0; r < rows; ++r)
       if (ws.alpha[r] != 1.0f) scale_row<Arch>(ws.acc + r * ldacc, dv, ws.alpha[r]);
-    simd::pv_bcast<Arch, DV>(ws.st, ld, rows, t.v, n, dv, ws.acc, ldacc);
+    for (index_t c0 = 0; c0 < n; c0 += chunk) {
+      const index_t cn = std::min(chunk, n - c0);
+      for (index_t g = 0; g < rb.kv_heads; ++g)
+        simd::pv_bcast<Arch, DV>(ws.st + c0 * ld + g * rpk, ld, rpk, t.v + c0, cn, dv,
+                                 ws.acc + g * rpk * ldacc, ldacc, g * t.v_head_stride, pv_chunk);
+    }
   });
 
   for (index_t r = 0; r < rows; ++r) {
@@ -224,7 +292,9 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
     } else {
       std::fill(o, o + dv, 0.0f);
     }
-    emit(r, row_ctx{rb.batch, ri.head[r], ri.query[r], ri.pos[r]}, o, lse);
+    const row_ctx ctx{rb.batch, ri.head[r], ri.query[r], ri.pos[r]};
+    if constexpr (!Stats::is_identity) var.stats.finish(rb, r, ctx, ws.stats_total + r, ld, ws.m[r], l);
+    emit(r, ctx, o, lse);
   }
 }
 

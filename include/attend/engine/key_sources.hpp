@@ -29,17 +29,35 @@ struct dense_keys {
     const auto [lo, hi] = mask.key_range(rb, begin, std::min(end, length(rb.batch)));
     const KV* kb = k.data() + rb.batch * k.stride(0) + rb.kv_head * k.stride(2);
     const KV* vb = v.data() + rb.batch * v.stride(0) + rb.kv_head * v.stride(2);
-    for (index_t t0 = lo; t0 < hi; t0 += buf.capacity) {
-      const index_t t1 = std::min(t0 + buf.capacity, hi);
-      const tile_kind kind = mask.classify(rb, t0, t1 - 1);
-      if (kind == tile_kind::empty) continue;
-      const index_t n = t1 - t0;
-      for (index_t j = 0; j < n; ++j) {
-        buf.pos[j] = t0 + j;
-        buf.k[j] = kb + (t0 + j) * k.stride(1);
-        buf.v[j] = vb + (t0 + j) * v.stride(1);
+    // Describes the first non-empty tile at or after t0 in buffer set `set`; returns its end.
+    auto fill = [&](index_t t0, int set, kv_tile<KV>& t) {
+      for (; t0 < hi; t0 += buf.capacity) {
+        const index_t t1 = std::min(t0 + buf.capacity, hi);
+        const tile_kind kind = mask.classify(rb, t0, t1 - 1);
+        if (kind == tile_kind::empty) continue;
+        const index_t off = set * buf.capacity;
+        t = kv_tile<KV>{t1 - t0,      kind,        buf.pos + off,
+                        buf.k + off,  buf.v + off, k.stride(2),
+                        v.stride(2),  k.stride(2) < k.stride(1)};
+        for (index_t j = 0; j < t.count; ++j) {
+          buf.pos[off + j] = t0 + j;
+          buf.k[off + j] = kb + (t0 + j) * k.stride(1);
+          buf.v[off + j] = vb + (t0 + j) * v.stride(1);
+        }
+        return t1;
       }
-      visit(kv_tile<KV>{n, kind, buf.pos, buf.k, buf.v});
+      t.count = 0;
+      return hi;
+    };
+    kv_tile<KV> cur, next;
+    index_t after = fill(lo, 0, cur);
+    for (int set = 1; cur.count > 0; set ^= 1) {
+      after = fill(after, set, next);
+      cur.next_count = next.count;
+      cur.next_k = next.k;
+      cur.next_v = next.v;
+      visit(static_cast<const kv_tile<KV>&>(cur));
+      cur = next;
     }
   }
 };

@@ -73,7 +73,8 @@ ATTEND_INLINE void join_sink(float* o, float& lse, float sink_logit, index_t dv)
 /// they are replaced by p = exp(s - m_new). m and l (length ld) are updated in place and alpha
 /// (length ld) receives exp(m_old - m_new), the factor the caller applies to its accumulators.
 /// A row that has seen only -inf keeps m = -inf, l = 0 and gets p = 0, alpha = 0: no NaN.
-/// `visit(rv, s, p)` sees each score vector and its probability (for row statistics).
+/// `visit(j, r, s, p)` sees each score vector (key j, rows r..r+lanes) and its probability, for
+/// row statistics.
 template <class Arch, class Visit>
 ATTEND_INLINE void softmax_tile(float* ATTEND_RESTRICT st, index_t ld, index_t count,
                                 float* ATTEND_RESTRICT m, float* ATTEND_RESTRICT l,
@@ -104,8 +105,8 @@ ATTEND_INLINE void softmax_tile(float* ATTEND_RESTRICT st, index_t ld, index_t c
       e1.store_aligned(p1);
       sum0 += e0;
       sum1 += e1;
-      visit(r, s0, e0);
-      visit(r, s1, e1);
+      visit(j, r, s0, e0);
+      visit(j + 1, r, s1, e1);
     }
     if (j < count) {
       float* p0 = st + j * ld + r;
@@ -113,7 +114,7 @@ ATTEND_INLINE void softmax_tile(float* ATTEND_RESTRICT st, index_t ld, index_t c
       const V e0 = simd::exp<Arch>(s0 - m_use);
       e0.store_aligned(p0);
       sum0 += e0;
-      visit(r, s0, e0);
+      visit(j, r, s0, e0);
     }
     simd::fmadd<Arch>(V::load_aligned(l + r), a, sum0 + sum1).store_aligned(l + r);
     m_new.store_aligned(m + r);

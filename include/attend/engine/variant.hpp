@@ -23,18 +23,24 @@ namespace attend::engine {
 
 enum class tile_kind : std::uint8_t { empty, partial, full };
 
-/// The query rows processed together: query heads [head0, head0 + heads) of one KV group and
-/// queries [query0, query0 + queries). Row r is head head0 + r / queries, query query0 + r % queries,
-/// at absolute position pos0 + r % queries (bottom-right alignment is folded into pos0).
+/// The query rows processed together. A block covers KV heads [kv_head, kv_head + kv_heads);
+/// for each of them query heads [head0 + g * group, + heads) (g = 0.. kv_heads - 1, group =
+/// query heads per KV head), times queries [query0, query0 + queries). Several KV heads share
+/// one block in decode so that a [batch, seq, heads, dim] cache is streamed token by token.
+/// Row r belongs to KV head kv_head + r / (heads * queries), query head head_of(r), query
+/// query0 + r % queries at position pos0 + r % queries (bottom-right alignment is in pos0).
 struct row_block {
   index_t batch = 0;
-  index_t kv_head = 0;
-  index_t head0 = 0, heads = 1;
+  index_t kv_head = 0, kv_heads = 1;
+  index_t head0 = 0, heads = 1, group = 1;
   index_t query0 = 0, queries = 1;
   index_t pos0 = 0;
 
-  index_t rows() const noexcept { return heads * queries; }
-  index_t head_of(index_t r) const noexcept { return head0 + r / queries; }
+  index_t rows_per_kv() const noexcept { return heads * queries; }
+  index_t rows() const noexcept { return kv_heads * heads * queries; }
+  index_t head_of(index_t r) const noexcept {
+    return head0 + (r / rows_per_kv()) * group + (r % rows_per_kv()) / queries;
+  }
   index_t query_of(index_t r) const noexcept { return query0 + r % queries; }
   index_t pos_of(index_t r) const noexcept { return pos0 + r % queries; }
   index_t first_pos() const noexcept { return pos0; }
@@ -49,7 +55,9 @@ struct row_info {
   const index_t* query;  // [ld] query index (into seq_q) of each row
 };
 
-/// Keys of one tile: `count` sorted positions and their K/V rows (any layout, paged or gathered).
+/// Keys of one tile: `count` sorted positions and their K/V rows (any layout, paged or gathered)
+/// for the block's first KV head; the rows of KV head kv_head + g are g * k_head_stride
+/// (v_head_stride) elements further (sources that serve multi-KV-head blocks set them).
 template <class KV>
 struct kv_tile {
   index_t count = 0;
@@ -57,15 +65,26 @@ struct kv_tile {
   const index_t* pos = nullptr;
   const KV* const* k = nullptr;
   const KV* const* v = nullptr;
+  index_t k_head_stride = 0;
+  index_t v_head_stride = 0;
+  // True when the KV heads of one token are adjacent in memory ([batch, seq, heads, dim]):
+  // multi-KV-head blocks then walk a few tokens at a time across all heads, a sequential read.
+  bool heads_interleaved = false;
+  // The tile the source will deliver next (count 0 at the end), so kernels can prefetch across
+  // the tile boundary.
+  index_t next_count = 0;
+  const KV* const* next_k = nullptr;
+  const KV* const* next_v = nullptr;
 };
 
-/// Scratch a key source fills with one tile (capacity entries each).
+/// Scratch a key source fills with tiles: two sets of `capacity` entries, so that the tile
+/// after the one being visited can be described too (sources alternate between the sets).
 template <class KV>
 struct tile_buffers {
   index_t capacity;
-  index_t* pos;
-  const KV** k;
-  const KV** v;
+  index_t* pos;  // [2 * capacity]
+  const KV** k;  // [2 * capacity]
+  const KV** v;  // [2 * capacity]
 };
 
 /// What a row's finalisation knows: where the row lives and its log-sum-exp.
@@ -103,8 +122,19 @@ struct no_key_transform {
   static constexpr bool is_identity = true;
 };
 
+/// Row statistics protocol (see sink/stats.hpp for the users): a non-identity policy provides
+///   static constexpr int accumulators;   // floats per row it keeps, at most 4
+///   template <class Arch> void visit(float* acc, index_t ld, const index_t* kpos, index_t j,
+///                                    index_t r, simd::vfloat<Arch> s, simd::vfloat<Arch> p) const;
+///       per tile, for every score vector s (key j, rows r..r+lanes) and p = exp(s - m_new);
+///       acc[a * ld + r] are this tile's sums (zeroed by the engine before each tile)
+///   void finish(const row_block&, index_t r, const row_ctx&, const float* totals, index_t ld,
+///               float m, float l) const;
+///       once per row at the end: totals[a * ld] are the sums over all tiles, each rescaled to
+///       the row's final max m (like l), so e.g. entropy = m + log l - totals[0] / l.
 struct no_row_stats {
   static constexpr bool is_identity = true;
+  static constexpr int accumulators = 0;
 };
 
 /// The set of hooks one engine instantiation runs with.
