@@ -128,25 +128,36 @@ ATTEND_INLINE void finish_row(const Variant& var, const row_ctx& ctx, float* o, 
   if (lse_out.has_value()) lse_out(ctx.batch, ctx.head, ctx.query) = lse;
 }
 
-/// Runs one row block over the tiles of `keys`. `emit(r, ctx, o_row, lse)` receives every row
-/// (r < rb.rows()) with its normalised output (dv floats, writable) and LSE, before sinks.
-template <class Arch, index_t DK, index_t DV, class KV, class Variant, class Keys, class Emit>
-void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, const Variant& var,
-              const scratch<Arch, KV>& ws, Emit&& emit) noexcept {
-  using V = simd::vfloat<Arch>;
+/// How a tile is walked: several KV heads whose rows interleave token by token are taken
+/// 8 tokens at a time across every head (a sequential read); otherwise each head streams its own
+/// rows (with software prefetch in the decode kernel).
+struct tile_walk {
+  bool by_token;
+  index_t chunk;
+  template <class KV>
+  static tile_walk of(const row_block& rb, const kv_tile<KV>& t) noexcept {
+    const bool by_token = rb.kv_heads > 1 && t.heads_interleaved;
+    return {by_token, by_token ? index_t{8} : t.count};
+  }
+};
+
+/// The score half of the engine: packs the block's queries, then for every tile the key source
+/// delivers computes st[j * ld + r] = scale q_r . k_j, applies the score hook and (on partial
+/// tiles) the mask, and calls on_tile(t, st, ld). Row data are in ws.rows() (ld entries, the
+/// padding rows repeating the last one). run_rows adds the softmax and P V; statistics passes
+/// (column sums of P) use this directly.
+template <class Arch, index_t DK, class KV, class Variant, class Keys, class OnTile>
+void score_tiles(const problem<KV>& pb, const row_block& rb, const Keys& keys, const Variant& var,
+                 const scratch<Arch, KV>& ws, OnTile&& on_tile) noexcept {
   using Key = std::decay_t<decltype(var.key)>;
   using Score = std::decay_t<decltype(var.score)>;
   using Mask = std::decay_t<decltype(var.mask)>;
-  using Stats = std::decay_t<decltype(var.stats)>;
   constexpr index_t w = simd::lanes<Arch>;
   constexpr bool transform = !Key::is_identity;
-  static_assert(Stats::accumulators <= 4, "row statistics keep at most 4 floats per row");
   const index_t dk = DK ? DK : pb.dk;
-  const index_t dv = DV ? DV : pb.dv;
   const index_t rows = rb.rows();
   const index_t rpk = rb.rows_per_kv();  // rows of one KV head
   const index_t ld = (rows + w - 1) / w * w;
-  const index_t ldacc = ws.ldacc;
   // A KV head with fewer rows than half a register uses the dot-product QK (no lanes wasted on
   // padding rows); its queries are packed row-major, `rp` rows per KV head.
   const bool dot = uses_dot_kernel<Arch>(rpk);
@@ -181,10 +192,6 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
       for (index_t d = 0; d < dk; ++d) ws.q[d * ld + r] = src[d] * scale;
     }
   }
-  std::fill(ws.m, ws.m + ld, neg_inf);
-  std::fill(ws.l, ws.l + ld, 0.0f);
-  std::fill(ws.acc, ws.acc + rows * ldacc, 0.0f);
-  if constexpr (!Stats::is_identity) std::fill(ws.stats_total, ws.stats_total + 4 * ld, 0.0f);
 
   tile_buffers<KV> buf{ws.tile, ws.tile_pos, ws.tile_k, ws.tile_v};
   keys.for_each_tile(rb, var.mask, buf, [&](const kv_tile<KV>& t) {
@@ -192,19 +199,12 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
     // K rows as float when the broadcast kernel needs them (narrow storage) or a key transform
     // rewrites them; otherwise the kernels read the cache rows directly.
     const bool widen = transform || (!dot && !std::is_same_v<KV, float>);
-    // Several KV heads whose rows interleave token by token: take 8 tokens at a time across
-    // every head (a sequential read). Otherwise each head streams its own rows, with software
-    // prefetch in the decode kernel, and V is taken 8 keys at a time.
-    const bool by_token = rb.kv_heads > 1 && t.heads_interleaved;
-    const index_t chunk = by_token ? 8 : n;
-    const index_t pv_chunk = dot && !by_token ? 8 : 0;
-
-    for (index_t c0 = 0; c0 < n; c0 += chunk) {
-      const index_t cn = std::min(chunk, n - c0);
+    const tile_walk walk = tile_walk::of(rb, t);
+    for (index_t c0 = 0; c0 < n; c0 += walk.chunk) {
+      const index_t cn = std::min(walk.chunk, n - c0);
       for (index_t g = 0; g < rb.kv_heads; ++g) {
-        const index_t k_off = g * t.k_head_stride, v_off = g * t.v_head_stride;
-        const index_t r0 = g * rpk;
-        float* st = ws.st + c0 * ld + r0;
+        const index_t k_off = g * t.k_head_stride;
+        float* st = ws.st + c0 * ld + g * rpk;
         if (widen) {
           for (index_t j = 0; j < cn; ++j) {
             float* dst = ws.kf + j * dk;
@@ -219,8 +219,9 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
         if (dot) {
           const float* q = ws.q + g * rp * dk;
           simd::prefetch_plan<KV> ahead;
-          if (!by_token)
-            ahead = {t.k + c0, cn, t.next_k, t.next_count, k_off, dk, t.v + c0, v_off, dv};
+          if (!walk.by_token)
+            ahead = {t.k + c0, cn, t.next_k, t.next_count, k_off, dk,
+                     t.v + c0, g * t.v_head_stride, pb.dv};
           auto run_dot = [&](auto krows, index_t off) {
             switch (rp) {
               case 1: simd::qk_dot<Arch, 1, DK>(krows, cn, q, rpk, dk, st, ld, off, ahead); break;
@@ -254,13 +255,41 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
         }
       }
     }
+    on_tile(t, ws.st, ld);
+  });
+}
 
+/// Runs one row block over the tiles of `keys`: score_tiles, then the online softmax (with the
+/// row-statistics hook) and acc += P V per tile. `emit(r, ctx, o_row, lse)` receives every row
+/// (r < rb.rows()) with its normalised output (dv floats, writable) and LSE, before sinks.
+template <class Arch, index_t DK, index_t DV, class KV, class Variant, class Keys, class Emit>
+void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, const Variant& var,
+              const scratch<Arch, KV>& ws, Emit&& emit) noexcept {
+  using V = simd::vfloat<Arch>;
+  using Stats = std::decay_t<decltype(var.stats)>;
+  constexpr index_t w = simd::lanes<Arch>;
+  static_assert(Stats::accumulators <= 4, "row statistics keep at most 4 floats per row");
+  const index_t dv = DV ? DV : pb.dv;
+  const index_t rows = rb.rows();
+  const index_t rpk = rb.rows_per_kv();
+  const index_t ld = (rows + w - 1) / w * w;
+  const index_t ldacc = ws.ldacc;
+  // Decode blocks that stream each head on its own take V 8 keys at a time, in order.
+  const bool dot = uses_dot_kernel<Arch>(rpk);
+
+  std::fill(ws.m, ws.m + ld, neg_inf);
+  std::fill(ws.l, ws.l + ld, 0.0f);
+  std::fill(ws.acc, ws.acc + rows * ldacc, 0.0f);
+  if constexpr (!Stats::is_identity) std::fill(ws.stats_total, ws.stats_total + 4 * ld, 0.0f);
+
+  score_tiles<Arch, DK>(pb, rb, keys, var, ws, [&](const kv_tile<KV>& t, float* st, index_t) {
+    const index_t n = t.count;
     if constexpr (Stats::is_identity) {
-      softmax_tile<Arch>(ws.st, ld, n, ws.m, ws.l, ws.alpha,
+      softmax_tile<Arch>(st, ld, n, ws.m, ws.l, ws.alpha,
                          [](index_t, index_t, const V&, const V&) {});
     } else {
       std::fill(ws.stats_tile, ws.stats_tile + Stats::accumulators * ld, 0.0f);
-      softmax_tile<Arch>(ws.st, ld, n, ws.m, ws.l, ws.alpha,
+      softmax_tile<Arch>(st, ld, n, ws.m, ws.l, ws.alpha,
                          [&](index_t j, index_t r, const V& sv, const V& pv) {
                            var.stats.template visit<Arch>(ws.stats_tile, ld, t.pos, j, r, sv, pv);
                          });
@@ -274,14 +303,17 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
     }
     for (index_t r = 0; r < rows; ++r)
       if (ws.alpha[r] != 1.0f) scale_row<Arch>(ws.acc + r * ldacc, dv, ws.alpha[r]);
-    for (index_t c0 = 0; c0 < n; c0 += chunk) {
-      const index_t cn = std::min(chunk, n - c0);
+    const tile_walk walk = tile_walk::of(rb, t);
+    const index_t pv_chunk = dot && !walk.by_token ? 8 : 0;
+    for (index_t c0 = 0; c0 < n; c0 += walk.chunk) {
+      const index_t cn = std::min(walk.chunk, n - c0);
       for (index_t g = 0; g < rb.kv_heads; ++g)
-        simd::pv_bcast<Arch, DV>(ws.st + c0 * ld + g * rpk, ld, rpk, t.v + c0, cn, dv,
+        simd::pv_bcast<Arch, DV>(st + c0 * ld + g * rpk, ld, rpk, t.v + c0, cn, dv,
                                  ws.acc + g * rpk * ldacc, ldacc, g * t.v_head_stride, pv_chunk);
     }
   });
 
+  const row_info ri = ws.rows();
   for (index_t r = 0; r < rows; ++r) {
     float* o = ws.acc + r * ldacc;
     const float l = ws.l[r];
@@ -293,7 +325,8 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
       std::fill(o, o + dv, 0.0f);
     }
     const row_ctx ctx{rb.batch, ri.head[r], ri.query[r], ri.pos[r]};
-    if constexpr (!Stats::is_identity) var.stats.finish(rb, r, ctx, ws.stats_total + r, ld, ws.m[r], l);
+    if constexpr (!Stats::is_identity)
+      var.stats.finish(rb, r, ctx, ws.stats_total + r, ld, ws.m[r], l);
     emit(r, ctx, o, lse);
   }
 }

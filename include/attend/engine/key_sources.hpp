@@ -1,6 +1,19 @@
 // Key sources: deliver the KV tiles of one row block to the engine. A source owns the key
 // layout (contiguous cache, block list, gathered indices, pages) and asks the mask to clip and
-// classify; the engine never sees how keys are stored.
+// classify; the engine never sees how keys are stored. The protocol:
+//
+//   template <class Mask, class Visit>
+//   void for_each_tile(const row_block& rb, const Mask& mask, const tile_buffers<KV>& buf,
+//                      Visit&& visit) const noexcept;
+//
+// calls visit(const kv_tile<KV>&) once per non-empty tile, where
+//   - count <= buf.capacity keys, positions ascending within the tile (masks classify a tile by
+//     its first and last position); tiles may come in any order and must not repeat a key;
+//   - pos / k / v point into one of buf's two sets (offset 0 or buf.capacity); k[j], v[j] are
+//     the rows of key pos[j] for KV head rb.kv_head;
+//   - kind = mask.classify(rb, pos[0], pos[count - 1]) (or partial when unsure), never empty;
+//   - k_head_stride / v_head_stride / heads_interleaved are needed only when the source serves
+//     blocks with rb.kv_heads > 1; next_* (the following tile) are an optional prefetch hint.
 #ifndef ATTEND_ENGINE_KEY_SOURCES_HPP_
 #define ATTEND_ENGINE_KEY_SOURCES_HPP_
 
