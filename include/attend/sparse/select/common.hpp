@@ -1,0 +1,224 @@
+// Selection utilities shared by the block-level and token-level sparse selectors: top-k, the
+// cumulative-mass budget (FlexPrefill, VMoBA, ProxyAttn), pooling of key/query rows into block
+// representatives (mean / max / min / sum), softmax over a score vector and the Jensen-Shannon
+// divergence (FlexPrefill's pattern test). Plain scalar code over caller-owned arrays: these run
+// on pooled or probed scores, a small fraction of the attention they drive.
+//
+// Conventions: scores are float; -inf (or NaN) marks an entry that must never be chosen (masked
+// by causality, say); index lists come back sorted ascending, the order block_mask rows and
+// gather lists use; ties go to the lower index, so results never depend on sort stability.
+#ifndef ATTEND_SPARSE_SELECT_COMMON_HPP_
+#define ATTEND_SPARSE_SELECT_COMMON_HPP_
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "../../core/dtype.hpp"
+#include "../../core/error.hpp"
+#include "../../core/tensor_view.hpp"
+
+namespace attend::sparse::select {
+
+namespace detail {
+
+/// Strict "a ranks before b" for descending selection: larger value first, then lower index;
+/// non-selectable values (NaN, -inf) rank last.
+inline bool ranks_before(float va, index_t a, float vb, index_t b) noexcept {
+  const bool oka = va > -std::numeric_limits<float>::infinity();  // false for NaN and -inf
+  const bool okb = vb > -std::numeric_limits<float>::infinity();
+  if (oka != okb) return oka;
+  if (oka && va != vb) return va > vb;
+  return a < b;
+}
+
+inline bool selectable(float v) noexcept { return v > -std::numeric_limits<float>::infinity(); }
+
+}  // namespace detail
+
+/// Indices of all n entries ordered by descending value (ties: lower index first; NaN and -inf
+/// last). \param order [n] output.
+inline void argsort_desc(const float* values, index_t n, index_t* order) {
+  std::iota(order, order + n, index_t{0});
+  std::sort(order, order + n, [values](index_t a, index_t b) {
+    return detail::ranks_before(values[a], a, values[b], b);
+  });
+}
+
+/// The k largest entries of scores[0, n): their indices, ascending, written to out (room for
+/// min(k, n)); returns how many were written: min(k, number of selectable entries). Entries
+/// that are NaN or -inf are never chosen; ties go to the lower index. O(n) on average.
+inline index_t top_k(const float* scores, index_t n, index_t k, index_t* out) {
+  ATTEND_CHECK(n >= 0 && k >= 0, "select::top_k: n (", n, ") and k (", k, ") must be >= 0");
+  index_t valid = 0;
+  for (index_t i = 0; i < n; ++i) valid += detail::selectable(scores[i]) ? 1 : 0;
+  k = std::min(k, valid);
+  if (k == 0) return 0;
+  if (k == valid) {  // every selectable entry
+    index_t c = 0;
+    for (index_t i = 0; i < n; ++i)
+      if (detail::selectable(scores[i])) out[c++] = i;
+    return c;
+  }
+  std::vector<index_t> idx(static_cast<std::size_t>(n));
+  std::iota(idx.begin(), idx.end(), index_t{0});
+  std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(), [scores](index_t a, index_t b) {
+    return detail::ranks_before(scores[a], a, scores[b], b);
+  });
+  std::copy(idx.begin(), idx.begin() + k, out);
+  std::sort(out, out + k);
+  return k;
+}
+
+/// top_k returning a vector (indices ascending).
+inline std::vector<index_t> top_k(const float* scores, index_t n, index_t k) {
+  std::vector<index_t> out(static_cast<std::size_t>(std::max<index_t>(0, std::min(k, n))));
+  out.resize(static_cast<std::size_t>(top_k(scores, n, k, out.data())));
+  return out;
+}
+
+/// The cumulative-mass budget: the smallest count c such that the c largest of the n
+/// non-negative weights sum to at least gamma times their total (gamma in [0, 1]). Returns 0 when
+/// the total is 0 (or gamma is 0). Negative, NaN and -inf weights count as 0.
+inline index_t mass_budget(const float* weights, index_t n, double gamma) {
+  ATTEND_CHECK(gamma >= 0.0 && gamma <= 1.0, "select::mass_budget: gamma (", gamma,
+               ") must be in [0, 1]");
+  std::vector<float> w(weights, weights + n);
+  double total = 0.0;
+  for (float& x : w) {
+    if (!(x > 0.0f)) x = 0.0f;
+    total += x;
+  }
+  if (total <= 0.0 || gamma <= 0.0) return 0;
+  std::sort(w.begin(), w.end(), [](float a, float b) { return a > b; });
+  const double target = gamma * total;
+  double acc = 0.0;
+  for (index_t c = 0; c < n; ++c) {
+    acc += w[c];
+    // Relative slack: summation order must not decide whether gamma = 1 is reached.
+    if (acc >= target * (1.0 - 1e-12)) return c + 1;
+  }
+  return n;
+}
+
+/// The smallest set of largest weights holding gamma of the mass (mass_budget), its size clamped
+/// to [min_count, max_count] (and to the selectable entries); indices ascending into out (room
+/// for n). Returns the count. Weights that are NaN or -inf are never chosen.
+inline index_t top_mass(const float* weights, index_t n, double gamma, index_t min_count,
+                        index_t max_count, index_t* out) {
+  ATTEND_CHECK(min_count >= 0 && max_count >= min_count, "select::top_mass: need 0 <= min_count (",
+               min_count, ") <= max_count (", max_count, ")");
+  const index_t c = std::clamp(mass_budget(weights, n, gamma), min_count, max_count);
+  return top_k(weights, n, c, out);
+}
+
+/// How pool_rows reduces the rows of one block.
+enum class pool_mode { mean, sum, max, min };
+
+/// Pools the rows of x [rows, dim] (any storage type, strided rows, contiguous dim) in groups
+/// of `block` consecutive rows: out [ceil(rows / block), dim] row-major floats. The last group
+/// may be shorter; mean divides by its true length.
+template <class T>
+void pool_rows(const tensor_view<const T, 2>& x, index_t block, pool_mode mode, float* out) {
+  ATTEND_CHECK(block > 0, "select::pool_rows: block (", block, ") must be > 0");
+  const index_t rows = x.extent(0), dim = x.extent(1);
+  const index_t blocks = (rows + block - 1) / block;
+  for (index_t b = 0; b < blocks; ++b) {
+    float* o = out + b * dim;
+    const index_t r0 = b * block, r1 = std::min(rows, r0 + block);
+    for (index_t d = 0; d < dim; ++d) o[d] = to_float(x(r0, d));
+    for (index_t r = r0 + 1; r < r1; ++r) {
+      const T* row = x.data() + r * x.stride(0);
+      switch (mode) {
+        case pool_mode::mean:
+        case pool_mode::sum:
+          for (index_t d = 0; d < dim; ++d) o[d] += to_float(row[d * x.stride(1)]);
+          break;
+        case pool_mode::max:
+          for (index_t d = 0; d < dim; ++d) o[d] = std::max(o[d], to_float(row[d * x.stride(1)]));
+          break;
+        case pool_mode::min:
+          for (index_t d = 0; d < dim; ++d) o[d] = std::min(o[d], to_float(row[d * x.stride(1)]));
+          break;
+      }
+    }
+    if (mode == pool_mode::mean) {
+      const float inv = 1.0f / static_cast<float>(r1 - r0);
+      for (index_t d = 0; d < dim; ++d) o[d] *= inv;
+    }
+  }
+}
+
+/// Pools a vector v[0, n) in groups of `block` entries: out [ceil(n / block)]. -inf entries
+/// count as 0 in sum/mean (masked mass) and are skipped by max/min.
+inline void pool_vector(const float* v, index_t n, index_t block, pool_mode mode, float* out) {
+  ATTEND_CHECK(block > 0, "select::pool_vector: block (", block, ") must be > 0");
+  const float inf = std::numeric_limits<float>::infinity();
+  for (index_t b = 0, i0 = 0; i0 < n; ++b, i0 += block) {
+    const index_t i1 = std::min(n, i0 + block);
+    float acc = mode == pool_mode::max ? -inf : mode == pool_mode::min ? inf : 0.0f;
+    for (index_t i = i0; i < i1; ++i) {
+      const float x = v[i];
+      switch (mode) {
+        case pool_mode::mean:
+        case pool_mode::sum: acc += x == -inf ? 0.0f : x; break;
+        case pool_mode::max: acc = std::max(acc, x); break;
+        case pool_mode::min:
+          if (x != -inf) acc = std::min(acc, x);
+          break;
+      }
+    }
+    out[b] = mode == pool_mode::mean ? acc / static_cast<float>(i1 - i0) : acc;
+  }
+}
+
+/// Softmax of x[0, n) in place (-inf entries get 0); returns the log-sum-exp. A vector of only
+/// -inf becomes all zeros and returns -inf.
+inline float softmax(float* x, index_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (index_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+  if (m == -std::numeric_limits<float>::infinity()) {
+    std::fill(x, x + n, 0.0f);
+    return m;
+  }
+  double sum = 0.0;
+  for (index_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - m);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (index_t i = 0; i < n; ++i) x[i] *= inv;
+  return m + static_cast<float>(std::log(sum));
+}
+
+/// Jensen-Shannon divergence (natural log) of two distributions given as non-negative weights
+/// p[0, n), q[0, n), each normalised here: 0.5 KL(p || m) + 0.5 KL(q || m), m = (p + q) / 2.
+/// In [0, ln 2]. A weight vector summing to 0 is taken as uniform.
+inline double js_divergence(const float* p, const float* q, index_t n) {
+  double sp = 0.0, sq = 0.0;
+  for (index_t i = 0; i < n; ++i) {
+    sp += std::max(0.0f, p[i]);
+    sq += std::max(0.0f, q[i]);
+  }
+  const double up = 1.0 / static_cast<double>(n);
+  double js = 0.0;
+  for (index_t i = 0; i < n; ++i) {
+    const double a = sp > 0.0 ? std::max(0.0f, p[i]) / sp : up;
+    const double b = sq > 0.0 ? std::max(0.0f, q[i]) / sq : up;
+    const double m = 0.5 * (a + b);
+    if (a > 0.0) js += 0.5 * a * std::log(a / m);
+    if (b > 0.0) js += 0.5 * b * std::log(b / m);
+  }
+  return std::max(0.0, js);
+}
+
+/// sqrt(js_divergence): the Jensen-Shannon distance FlexPrefill compares with tau.
+inline double js_distance(const float* p, const float* q, index_t n) {
+  return std::sqrt(js_divergence(p, q, n));
+}
+
+}  // namespace attend::sparse::select
+
+#endif  // ATTEND_SPARSE_SELECT_COMMON_HPP_
