@@ -24,7 +24,7 @@ namespace detail {
 /// do not change with the number of threads.
 inline index_t decode_split_length(index_t seq_q, index_t seq_k) noexcept {
   if (seq_q > 16 || seq_k < 1024) return 0;
-  const index_t tile = engine::kv_tile_size;
+  const index_t tile = 64;
   const index_t by_count = ((seq_k + 255) / 256 + tile - 1) / tile * tile;  // at most 256 splits
   return std::max<index_t>(512, by_count);
 }

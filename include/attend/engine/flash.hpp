@@ -28,8 +28,10 @@
 
 namespace attend::engine {
 
-/// Keys per KV tile: 64 keeps a tile of 128 rows' scores (32 KiB) and a 128-dim K tile in L1/L2.
-inline constexpr index_t kv_tile_size = 64;
+/// Keys per KV tile (60 on AVX2, 80 on AVX-512: ten micro-kernel blocks): a tile of 128 rows'
+/// scores (30-40 KiB) and a 128-dim K tile stay in L1/L2.
+template <class Arch>
+inline constexpr index_t kv_tile_size = simd::tile_config<Arch>::kv_tile;
 
 /// Query rows per row block for a head dimension: enough rows to amortise loading a K/V tile,
 /// few enough that Qᵀ, the scores and the accumulators stay in L2.
@@ -67,7 +69,8 @@ struct scratch {
   float* m = nullptr;        // [ld] running max
   float* l = nullptr;        // [ld] running sum
   float* alpha = nullptr;    // [ld] rescale factors of the last tile
-  float* kf = nullptr;       // [tile][dk] K tile widened to float (or transformed)
+  float* kf = nullptr;       // [tile][dk] K tile packed as float (widened, transformed)
+  float* vf = nullptr;       // [tile][ldacc] V tile packed as float (prefill)
   index_t* row_head = nullptr;
   index_t* row_query = nullptr;
   index_t* row_pos = nullptr;
@@ -82,7 +85,7 @@ struct scratch {
   static scratch carve(detail::bump& b, index_t max_rows, index_t dk, index_t dv) {
     constexpr index_t w = simd::lanes<Arch>;
     scratch s;
-    s.tile = kv_tile_size;
+    s.tile = kv_tile_size<Arch>;
     s.ld_max = (max_rows + w - 1) / w * w;
     s.ldacc = (dv + w - 1) / w * w;
     s.q = b.take<float>(dk * s.ld_max);
@@ -92,6 +95,7 @@ struct scratch {
     s.l = b.take<float>(s.ld_max);
     s.alpha = b.take<float>(s.ld_max);
     s.kf = b.take<float>(s.tile * dk);
+    s.vf = b.take<float>(s.tile * s.ldacc);
     s.row_head = b.take<index_t>(s.ld_max);
     s.row_query = b.take<index_t>(s.ld_max);
     s.row_pos = b.take<index_t>(s.ld_max);
@@ -196,9 +200,11 @@ void score_tiles(const problem<KV>& pb, const row_block& rb, const Keys& keys, c
   tile_buffers<KV> buf{ws.tile, ws.tile_pos, ws.tile_k, ws.tile_v};
   keys.for_each_tile(rb, var.mask, buf, [&](const kv_tile<KV>& t) {
     const index_t n = t.count;
-    // K rows as float when the broadcast kernel needs them (narrow storage) or a key transform
-    // rewrites them; otherwise the kernels read the cache rows directly.
-    const bool widen = transform || (!dot && !std::is_same_v<KV, float>);
+    // The broadcast (prefill) kernel reads K from a packed float tile: rows of a
+    // [batch, seq, heads, dim] cache are a page apart and would collide in L1, and narrow types
+    // are widened once per tile instead of once per row block. Decode streams the cache rows
+    // directly unless a key transform rewrites them.
+    const bool widen = transform || !dot;
     const tile_walk walk = tile_walk::of(rb, t);
     for (index_t c0 = 0; c0 < n; c0 += walk.chunk) {
       const index_t cn = std::min(walk.chunk, n - c0);
@@ -206,6 +212,7 @@ void score_tiles(const problem<KV>& pb, const row_block& rb, const Keys& keys, c
         const index_t k_off = g * t.k_head_stride;
         float* st = ws.st + c0 * ld + g * rpk;
         if (widen) {
+          if (!dot) simd::prefetch_rows_l2(t.next_k, t.next_count, k_off, dk);
           for (index_t j = 0; j < cn; ++j) {
             float* dst = ws.kf + j * dk;
             const KV* src = t.k[c0 + j] + k_off;
@@ -235,9 +242,6 @@ void score_tiles(const problem<KV>& pb, const row_block& rb, const Keys& keys, c
           };
           if (widen) run_dot(static_cast<const float* const*>(ws.tile_kf), 0);
           else if constexpr (!transform) run_dot(t.k + c0, k_off);
-        } else if constexpr (std::is_same_v<KV, float> && !transform) {
-          if (widen) simd::qk_bcast<Arch, DK>(ws.tile_kf, cn, ws.q, ld, dk, st);
-          else simd::qk_bcast<Arch, DK>(t.k + c0, cn, ws.q, ld, dk, st, k_off);
         } else {
           simd::qk_bcast<Arch, DK>(ws.tile_kf, cn, ws.q, ld, dk, st);
         }
@@ -303,8 +307,21 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
     }
     for (index_t r = 0; r < rows; ++r)
       if (ws.alpha[r] != 1.0f) scale_row<Arch>(ws.acc + r * ldacc, dv, ws.alpha[r]);
+    if (!dot) {  // prefill: V packed as a float tile, for the reasons K is (see score_tiles)
+      simd::prefetch_rows_l2(t.next_v, t.next_count, index_t{0}, dv);
+      for (index_t j = 0; j < n; ++j) {
+        float* dst = ws.vf + j * ldacc;
+        const KV* src = t.v[j];
+        index_t c = 0;
+        for (; c + w <= dv; c += w) simd::load<Arch>(src + c).store_aligned(dst + c);
+        for (; c < dv; ++c) dst[c] = simd::load_scalar(src + c);
+      }
+      simd::pv_bcast<Arch, DV>(st, ld, rows, simd::strided_rows<float>{ws.vf, ldacc}, n, dv,
+                               ws.acc, ldacc);
+      return;
+    }
     const tile_walk walk = tile_walk::of(rb, t);
-    const index_t pv_chunk = dot && !walk.by_token ? 8 : 0;
+    const index_t pv_chunk = walk.by_token ? 0 : 8;
     for (index_t c0 = 0; c0 < n; c0 += walk.chunk) {
       const index_t cn = std::min(walk.chunk, n - c0);
       for (index_t g = 0; g < rb.kv_heads; ++g)

@@ -29,11 +29,14 @@ namespace attend::simd {
 
 /// Register blocking per target: MR broadcast rows x NR registers of accumulators, chosen to use
 /// most of the register file (16 registers below AVX-512, 32 with it) while leaving room for the
-/// NR loaded vectors and one broadcast.
+/// NR loaded vectors and one broadcast. `kv_tile` (keys per engine tile) is a multiple of MR so
+/// that full tiles need no remainder block in K Qᵀ.
 template <class Arch>
 struct tile_config {
   static constexpr int mr = is_avx512<Arch> ? 8 : 6;
   static constexpr int nr = is_avx512<Arch> ? 3 : 2;
+  static constexpr int accumulators = mr * nr;
+  static constexpr int kv_tile = 10 * mr;
 };
 
 /// C[MR][NR lanes] (+)= sum_k a(m, k) * b(k, n) for k < kdim; `a` returns a float to broadcast,
@@ -67,6 +70,18 @@ ATTEND_INLINE void prefetch_row(const T* p, index_t n) noexcept {
   for (index_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
 }
 
+/// Prefetches rows[j] + off (n elements each) for j < count into L2: the next tile's rows,
+/// requested one tile ahead while the current one is computed.
+template <class T>
+ATTEND_INLINE void prefetch_rows_l2(const T* const* rows, index_t count, index_t off,
+                                    index_t n) noexcept {
+  const index_t bytes = n * static_cast<index_t>(sizeof(T));
+  for (index_t j = 0; j < count; ++j) {
+    const char* c = reinterpret_cast<const char*>(rows[j] + off);
+    for (index_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 2);
+  }
+}
+
 /// What the decode kernel prefetches while it computes: K rows `distance` keys ahead (reaching
 /// into the tile that follows) and the current tile's V rows.
 template <class KV>
@@ -90,28 +105,36 @@ struct prefetch_plan {
 
 namespace detail {
 
-/// Runs gemm_micro with MR = mr (1..MRmax) and NR = nr (1..NRmax) chosen at run time; the full
-/// block is the common case, the others handle edges.
-template <class Arch, int MRmax, int NRmax, class Body>
-ATTEND_INLINE void dispatch_block(int mr, int nr, const Body& body) noexcept {
-  if (mr == MRmax && nr == NRmax) return body(std::integral_constant<int, MRmax>{},
-                                              std::integral_constant<int, NRmax>{});
-  auto with_nr = [&](auto kmr) {
-    if constexpr (NRmax >= 3) if (nr == 3) return body(kmr, std::integral_constant<int, 3>{});
-    if constexpr (NRmax >= 2) if (nr == 2) return body(kmr, std::integral_constant<int, 2>{});
-    return body(kmr, std::integral_constant<int, 1>{});
-  };
-  switch (mr) {
-    case 1: return with_nr(std::integral_constant<int, 1>{});
-    case 2: return with_nr(std::integral_constant<int, 2>{});
-    case 3: return with_nr(std::integral_constant<int, 3>{});
-    case 4: return with_nr(std::integral_constant<int, 4>{});
-    case 5: if constexpr (MRmax >= 5) return with_nr(std::integral_constant<int, 5>{}); break;
-    case 6: if constexpr (MRmax >= 6) return with_nr(std::integral_constant<int, 6>{}); break;
-    case 7: if constexpr (MRmax >= 7) return with_nr(std::integral_constant<int, 7>{}); break;
-    case 8: if constexpr (MRmax >= 8) return with_nr(std::integral_constant<int, 8>{}); break;
-    default: break;
+/// Calls body(integral_constant<N>) for a run-time n in [1, Max].
+template <int Max, class Body>
+ATTEND_INLINE void with_constant(int n, const Body& body) noexcept {
+  if constexpr (Max >= 1) {
+    if (n == Max) return body(std::integral_constant<int, Max>{});
+    return with_constant<Max - 1>(n, body);
   }
+}
+
+/// Covers rows [0, rows) x registers of columns [0, nvec) with micro-kernel blocks, calling
+/// block(MR, NR, r0, c0) with compile-time MR and NR. Whole MR-row blocks use the target's
+/// MR x NR; the last rows % MR rows use as many column registers per block as the accumulator
+/// budget allows, so a remainder of two rows still keeps enough FMA chains in flight.
+template <class Arch, class Block>
+ATTEND_INLINE void cover(index_t rows, index_t nvec, const Block& block) noexcept {
+  using cfg = tile_config<Arch>;
+  const index_t whole = rows - rows % cfg::mr;
+  for (index_t c0 = 0; c0 < nvec; c0 += cfg::nr)
+    with_constant<cfg::nr>(static_cast<int>(std::min<index_t>(cfg::nr, nvec - c0)), [&](auto knr) {
+      for (index_t r0 = 0; r0 < whole; r0 += cfg::mr)
+        block(std::integral_constant<int, cfg::mr>{}, knr, r0, c0);
+    });
+  const int rest = static_cast<int>(rows - whole);
+  if (rest == 0) return;
+  with_constant<cfg::mr - 1>(rest, [&](auto kmr) {
+    constexpr int wide = std::min(cfg::accumulators / decltype(kmr)::value, 6);
+    for (index_t c0 = 0; c0 < nvec; c0 += wide)
+      with_constant<wide>(static_cast<int>(std::min<index_t>(wide, nvec - c0)),
+                          [&](auto knr) { block(kmr, knr, whole, c0); });
+  });
 }
 
 }  // namespace detail
@@ -121,38 +144,30 @@ ATTEND_INLINE void dispatch_block(int mr, int nr, const Body& body) noexcept {
 template <class Arch, index_t DK = 0>
 void qk_bcast(const float* const* ATTEND_RESTRICT krows, index_t count, const float* ATTEND_RESTRICT qt,
               index_t ld, index_t dk_runtime, float* ATTEND_RESTRICT st, index_t k_off = 0) noexcept {
-  using cfg = tile_config<Arch>;
   constexpr index_t w = lanes<Arch>;
   const index_t dk = DK ? DK : dk_runtime;
-  const index_t nvec = ld / w;
-  for (index_t v0 = 0; v0 < nvec; v0 += cfg::nr) {
-    const int nr = static_cast<int>(std::min<index_t>(cfg::nr, nvec - v0));
-    for (index_t j0 = 0; j0 < count; j0 += cfg::mr) {
-      const int mr = static_cast<int>(std::min<index_t>(cfg::mr, count - j0));
-      detail::dispatch_block<Arch, cfg::mr, cfg::nr>(mr, nr, [&](auto kmr, auto knr) {
-        constexpr int MR = decltype(kmr)::value, NR = decltype(knr)::value;
-        const float* kp[MR];
-        for (int m = 0; m < MR; ++m) kp[m] = krows[j0 + m] + k_off;
-        const float* qb = qt + v0 * w;
-        gemm_micro<Arch, MR, NR>(
-            dk, [&](int m, index_t d) { return kp[m][d]; },
-            [&](index_t d, int n) { return vfloat<Arch>::load_aligned(qb + d * ld + n * w); },
-            st + j0 * ld + v0 * w, ld, false);
-      });
-    }
-  }
+  // Keys are the broadcast rows, query-row registers the columns.
+  detail::cover<Arch>(count, ld / w, [&](auto kmr, auto knr, index_t j0, index_t v0) {
+    constexpr int MR = decltype(kmr)::value, NR = decltype(knr)::value;
+    const float* kp[MR];
+    for (int m = 0; m < MR; ++m) kp[m] = krows[j0 + m] + k_off;
+    const float* qb = qt + v0 * w;
+    gemm_micro<Arch, MR, NR>(
+        dk, [&](int m, index_t d) { return kp[m][d]; },
+        [&](index_t d, int n) { return vfloat<Arch>::load_aligned(qb + d * ld + n * w); },
+        st + j0 * ld + v0 * w, ld, false);
+  });
 }
 
 /// acc[r * ldacc + c] += sum_j pt[j * ld + r] * v_j[c + v_off] for r < rows, c < dv, j < count.
 /// V rows are read in their storage type and widened in registers. Keys are taken `key_chunk`
 /// at a time across all columns, so that few-row (decode) calls stream V rows in order instead
 /// of sweeping the tile once per column block.
-template <class Arch, index_t DV = 0, class KV>
-void pv_bcast(const float* ATTEND_RESTRICT pt, index_t ld, index_t rows,
-              const KV* const* ATTEND_RESTRICT vrows, index_t count, index_t dv_runtime,
+template <class Arch, index_t DV = 0, class Rows>
+void pv_bcast(const float* ATTEND_RESTRICT pt, index_t ld, index_t rows, const Rows& vrows,
+              index_t count, index_t dv_runtime,
               float* ATTEND_RESTRICT acc, index_t ldacc, index_t v_off = 0,
               index_t key_chunk = 0) noexcept {
-  using cfg = tile_config<Arch>;
   constexpr index_t w = lanes<Arch>;
   const index_t dv = DV ? DV : dv_runtime;
   const index_t nvec = dv / w;
@@ -160,22 +175,15 @@ void pv_bcast(const float* ATTEND_RESTRICT pt, index_t ld, index_t rows,
   for (index_t k0 = 0; k0 < count; k0 += key_chunk) {
     const index_t kn = std::min(key_chunk, count - k0);
     const float* pk = pt + k0 * ld;
-    const KV* const* vk = vrows + k0;
-    for (index_t c0 = 0; c0 < nvec; c0 += cfg::nr) {
-      const int nr = static_cast<int>(std::min<index_t>(cfg::nr, nvec - c0));
-      for (index_t r0 = 0; r0 < rows; r0 += cfg::mr) {
-        const int mr = static_cast<int>(std::min<index_t>(cfg::mr, rows - r0));
-        detail::dispatch_block<Arch, cfg::mr, cfg::nr>(mr, nr, [&](auto kmr, auto knr) {
-          constexpr int MR = decltype(kmr)::value, NR = decltype(knr)::value;
-          const float* pb = pk + r0;
-          const index_t col = c0 * w + v_off;
-          gemm_micro<Arch, MR, NR>(
-              kn, [&](int m, index_t j) { return pb[j * ld + m]; },
-              [&](index_t j, int n) { return load<Arch>(vk[j] + col + n * w); },
-              acc + r0 * ldacc + c0 * w, ldacc, true);
-        });
-      }
-    }
+    detail::cover<Arch>(rows, nvec, [&](auto kmr, auto knr, index_t r0, index_t c0) {
+      constexpr int MR = decltype(kmr)::value, NR = decltype(knr)::value;
+      const float* pb = pk + r0;
+      const index_t col = c0 * w + v_off;
+      gemm_micro<Arch, MR, NR>(
+          kn, [&](int m, index_t j) { return pb[j * ld + m]; },
+          [&](index_t j, int n) { return load<Arch>(vrows[k0 + j] + col + n * w); },
+          acc + r0 * ldacc + c0 * w, ldacc, true);
+    });
   }
   for (index_t c = nvec * w; c < dv; ++c)  // generic head dims: columns past the last register
     for (index_t r = 0; r < rows; ++r) {
@@ -184,6 +192,15 @@ void pv_bcast(const float* ATTEND_RESTRICT pt, index_t ld, index_t rows,
       acc[r * ldacc + c] = s;
     }
 }
+
+/// Rows stored `stride` elements apart from `base` (a packed tile): an alternative to an array
+/// of row pointers for the kernels' row arguments.
+template <class T>
+struct strided_rows {
+  const T* base;
+  index_t stride;
+  ATTEND_INLINE const T* operator[](index_t j) const noexcept { return base + j * stride; }
+};
 
 /// Decode form of K · Qᵀ for rows < lanes: q is packed row-major, q[r * dk + d], with RP rows
 /// (RP a power of two, rows <= RP, padding rows zero). KS = lanes / RP keys are reduced together,
