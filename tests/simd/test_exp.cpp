@@ -16,17 +16,23 @@ using Arch = xsimd::default_arch;
 using V = simd::vfloat<Arch>;
 constexpr std::size_t W = V::size;
 
-std::vector<float> exp_all(const std::vector<float>& x) {
+template <V (*Fn)(V)>
+std::vector<float> apply(const std::vector<float>& x) {
   std::vector<float> y(x.size());
   std::size_t i = 0;
-  for (; i + W <= x.size(); i += W) simd::call_exp<Arch>(V::load_unaligned(&x[i])).store_unaligned(&y[i]);
+  for (; i + W <= x.size(); i += W) Fn(V::load_unaligned(&x[i])).store_unaligned(&y[i]);
   for (; i < x.size(); ++i) {  // tail through a padded register
     alignas(64) float in[W] = {}, out[W];
     in[0] = x[i];
-    simd::call_exp<Arch>(V::load_aligned(in)).store_aligned(out);
+    Fn(V::load_aligned(in)).store_aligned(out);
     y[i] = out[0];
   }
   return y;
+}
+
+std::vector<float> exp_all(const std::vector<float>& x) { return apply<simd::call_exp<Arch>>(x); }
+std::vector<float> exp_nonpositive_all(const std::vector<float>& x) {
+  return apply<simd::call_exp_nonpositive<Arch>>(x);
 }
 
 /// Distance in units in the last place between a float and the exact value.
@@ -83,6 +89,39 @@ TEST(SimdExp, ExtremesOfTheRange) {
     EXPECT_TRUE(std::isfinite(y[i])) << x[i];
     EXPECT_LE(ulp_error(y[i], std::exp(double(x[i]))), 2.0) << x[i];
   }
+}
+
+}  // namespace
+}  // namespace attend
+
+namespace attend {
+namespace {
+
+TEST(SimdExpNonpositive, SpecialsAreExact) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> x = {-inf, std::numeric_limits<float>::quiet_NaN(), 0.0f, -0.0f,
+                                -87.5f, -1e30f};
+  const auto y = exp_nonpositive_all(x);
+  EXPECT_EQ(y[0], 0.0f);
+  EXPECT_TRUE(std::isnan(y[1]));
+  EXPECT_EQ(y[2], 1.0f);
+  EXPECT_EQ(y[3], 1.0f);
+  EXPECT_EQ(y[4], 0.0f);
+  EXPECT_EQ(y[5], 0.0f);
+}
+
+TEST(SimdExpNonpositive, SameBoundAsExpOnItsDomain) {
+  std::vector<float> x;
+  for (std::uint32_t u = 0; u < 0x42AEAC4Fu; u += 61) {  // 0 .. 87.3365 (ln FLT_MIN)
+    float f;
+    std::memcpy(&f, &u, 4);
+    x.push_back(-f);
+  }
+  const auto y = exp_nonpositive_all(x);
+  double worst = 0;
+  for (std::size_t i = 0; i < x.size(); ++i)
+    worst = std::max(worst, ulp_error(y[i], std::exp(double(x[i]))));
+  EXPECT_LE(worst, 2.0);
 }
 
 }  // namespace

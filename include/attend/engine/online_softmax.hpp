@@ -93,14 +93,15 @@ ATTEND_INLINE void softmax_tile(float* ATTEND_RESTRICT st, index_t ld, index_t c
     if (j < count) mx0 = xsimd::max(mx0, V::load_aligned(st + j * ld + r));
     const V m_new = xsimd::max(m_old, xsimd::max(mx0, mx1));
     const V m_use = xsimd::select(m_new == ninf, zero, m_new);  // exp(-inf - 0) = 0
-    const V a = simd::exp<Arch>(m_old - m_use);
+    const V a = simd::exp_nonpositive<Arch>(m_old - m_use);
     V sum0 = zero, sum1 = zero;
     j = 0;
     for (; j + 2 <= count; j += 2) {
       float* p0 = st + j * ld + r;
       float* p1 = p0 + ld;
       const V s0 = V::load_aligned(p0), s1 = V::load_aligned(p1);
-      const V e0 = simd::exp<Arch>(s0 - m_use), e1 = simd::exp<Arch>(s1 - m_use);
+      const V e0 = simd::exp_nonpositive<Arch>(s0 - m_use);
+      const V e1 = simd::exp_nonpositive<Arch>(s1 - m_use);
       e0.store_aligned(p0);
       e1.store_aligned(p1);
       sum0 += e0;
@@ -111,7 +112,7 @@ ATTEND_INLINE void softmax_tile(float* ATTEND_RESTRICT st, index_t ld, index_t c
     if (j < count) {
       float* p0 = st + j * ld + r;
       const V s0 = V::load_aligned(p0);
-      const V e0 = simd::exp<Arch>(s0 - m_use);
+      const V e0 = simd::exp_nonpositive<Arch>(s0 - m_use);
       e0.store_aligned(p0);
       sum0 += e0;
       visit(j, r, s0, e0);

@@ -41,10 +41,40 @@ ATTEND_INLINE vfloat<Arch> exp(vfloat<Arch> x) noexcept {
   return xsimd::select(xsimd::isnan(x), x, y);  // NaN stays NaN
 }
 
+/// exp for the softmax, whose arguments are s - max <= 0: the same polynomial and error bound
+/// as exp() for x <= 88, without the overflow handling. exp(-inf) = 0, NaN stays NaN (max(lo, x)
+/// returns x when x is NaN), x < ln(FLT_MIN) flushes to 0.
+template <class Arch>
+ATTEND_INLINE vfloat<Arch> exp_nonpositive(vfloat<Arch> x) noexcept {
+  using V = vfloat<Arch>;
+  using I = vint<Arch>;
+  const V lo(-87.33654475f);
+  const V magic(12582912.0f);
+  const V xc = xsimd::max(lo, x);  // operand order keeps NaN
+  const V t = fmadd<Arch>(xc, V(1.44269504088896341f), magic);
+  const V n = t - magic;
+  V r = fnmadd<Arch>(n, V(0.693359375f), xc);
+  r = fnmadd<Arch>(n, V(-2.12194440e-4f), r);
+  V p(1.9875691500e-4f);
+  p = fmadd<Arch>(p, r, V(1.3981999507e-3f));
+  p = fmadd<Arch>(p, r, V(8.3334519073e-3f));
+  p = fmadd<Arch>(p, r, V(4.1665795894e-2f));
+  p = fmadd<Arch>(p, r, V(1.6666665459e-1f));
+  p = fmadd<Arch>(p, r, V(5.0000001201e-1f));
+  p = fmadd<Arch>(p, r * r, r + V(1.0f));
+  const I ni = simd::bit_cast<I>(t) - simd::bit_cast<I>(magic);
+  const V y = p * simd::bit_cast<V>((ni + I(127)) << 23);
+  return xsimd::select(x < lo, V(0.0f), y);
+}
+
 /// Out-of-line wrapper for tests and benchmarks (Highway's CallExp idiom).
 template <class Arch>
 ATTEND_NOINLINE vfloat<Arch> call_exp(vfloat<Arch> x) noexcept {
   return exp<Arch>(x);
+}
+template <class Arch>
+ATTEND_NOINLINE vfloat<Arch> call_exp_nonpositive(vfloat<Arch> x) noexcept {
+  return exp_nonpositive<Arch>(x);
 }
 
 }  // namespace attend::simd
