@@ -219,6 +219,75 @@ inline double js_distance(const float* p, const float* q, index_t n) {
   return std::sqrt(js_divergence(p, q, n));
 }
 
+/// Scratch floats top_k_long needs for n scores.
+inline index_t top_k_long_scratch(index_t n) noexcept { return 2 * n + 16; }
+
+/// top_k for long score vectors (token scores over a whole KV cache at decode): the same result
+/// as top_k (indices ascending, NaN and -inf never chosen, ties to the lower index), without
+/// allocation and in a few streaming passes. The k-th largest of the maxima of groups of up to 16
+/// consecutive scores is a lower bound on the k-th largest score (k groups reach it), so only
+/// the groups whose maximum reaches that bound are searched for the exact threshold.
+/// \param out room for min(k, n) indices  \param scratch at least top_k_long_scratch(n) floats
+/// Returns the number written: min(k, number of selectable entries).
+inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* out,
+                          float* scratch) noexcept {
+  if (k <= 0 || n <= 0) return 0;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  index_t gs = 16;  // aim for >= 4k groups so that few groups reach the bound
+  while (gs > 1 && n / gs < 4 * k) gs /= 2;
+  const index_t groups = (n + gs - 1) / gs;
+  float* gmax = scratch;
+  float* cand = scratch + groups;
+  for (index_t g = 0; g < groups; ++g) {
+    const index_t i1 = std::min(n, (g + 1) * gs);
+    float m = ninf;
+    for (index_t i = g * gs; i < i1; ++i) m = scores[i] > m ? scores[i] : m;  // NaN never wins
+    gmax[g] = m;
+  }
+  float bound = ninf;
+  if (groups > k) {
+    std::copy(gmax, gmax + groups, cand);
+    std::nth_element(cand, cand + (k - 1), cand + groups, [](float a, float b) { return a > b; });
+    bound = cand[k - 1];
+  }
+  index_t c = 0;
+  for (index_t g = 0; g < groups; ++g) {
+    if (!(gmax[g] >= bound && gmax[g] > ninf)) continue;
+    const index_t i1 = std::min(n, (g + 1) * gs);
+    for (index_t i = g * gs; i < i1; ++i)
+      if (scores[i] >= bound && scores[i] > ninf) cand[c++] = scores[i];
+  }
+  index_t written = 0;
+  if (c <= k) {  // every candidate is chosen (only possible when fewer than k are selectable)
+    for (index_t g = 0; g < groups; ++g) {
+      if (!(gmax[g] >= bound && gmax[g] > ninf)) continue;
+      const index_t i1 = std::min(n, (g + 1) * gs);
+      for (index_t i = g * gs; i < i1; ++i)
+        if (scores[i] >= bound && scores[i] > ninf) out[written++] = i;
+    }
+    return written;
+  }
+  std::nth_element(cand, cand + (k - 1), cand + c, [](float a, float b) { return a > b; });
+  const float tau = cand[k - 1];
+  index_t above = 0;
+  for (index_t i = 0; i < c; ++i) above += cand[i] > tau ? 1 : 0;
+  index_t ties = k - above;  // entries equal to tau still to take, lowest index first
+  for (index_t g = 0; g < groups; ++g) {
+    if (!(gmax[g] >= tau)) continue;
+    const index_t i1 = std::min(n, (g + 1) * gs);
+    for (index_t i = g * gs; i < i1; ++i) {
+      const float x = scores[i];
+      if (x > tau) {
+        out[written++] = i;
+      } else if (x == tau && ties > 0) {
+        out[written++] = i;
+        --ties;
+      }
+    }
+  }
+  return written;
+}
+
 }  // namespace attend::sparse::select
 
 #endif  // ATTEND_SPARSE_SELECT_COMMON_HPP_
