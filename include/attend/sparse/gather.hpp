@@ -1,0 +1,590 @@
+// gather_attention: exact softmax attention of each query over the keys of a sorted index list
+// (token-level sparse attention), plus implicit always-on ranges (attention sinks, a recent
+// window) that need not be listed. The keys live in a contiguous [batch, seq_k, heads_kv, dim]
+// cache or in a paged cache. The operator is the engine of engine/flash.hpp with one more key
+// source: `gather_keys` merges list + sinks + window into ascending tiles of K/V row pointers,
+// so the engine's QK / PV micro-kernels read (and widen bf16/fp16) the gathered rows in place.
+//
+// Lists are per (batch, owner, query tile) (token_lists.hpp). A list owned by a KV head or by the
+// layer serves a row block of all query heads of a group at once, so each gathered K/V row is
+// loaded once per group. Decode calls with few row blocks split every list into chunks that run
+// in parallel and are merged by LSE (flash-decoding), with splits chosen from the sizes only, so
+// results never depend on the thread count.
+#ifndef ATTEND_SPARSE_GATHER_HPP_
+#define ATTEND_SPARSE_GATHER_HPP_
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+#include "../core/parallel.hpp"
+#include "../core/validate.hpp"
+#include "../core/workspace.hpp"
+#include "../dense/attention.hpp"
+#include "../engine/flash.hpp"
+#include "../engine/masks.hpp"
+#include "token_lists.hpp"
+
+namespace attend::sparse {
+
+/// A paged KV cache: token p of sequence b is slot p % page_size of page page_table(b, p /
+/// page_size). Pages may be shared between sequences and appear in any order.
+///   k_pages [pages, page_size, heads_kv, dk], v_pages [pages, page_size, heads_kv, dv]
+///   page_table [batch, max_pages_per_sequence], lengths [batch] (tokens per sequence)
+template <class KV>
+struct paged_kv {
+  view4<const KV> k_pages{};
+  view4<const KV> v_pages{};
+  view2<const index_t> page_table{};
+  view1<const index_t> lengths{};
+};
+
+/// Parameters of gather_attention.
+struct gather_params {
+  /// Multiplies q . k; default 1/sqrt(head_dim).
+  std::optional<float> scale{};
+  /// Keys after a query's position are excluded (bottom-right aligned: query i of a call with
+  /// seq_q queries sits at position kv_len - seq_q + i). Lists may hold such keys; they are
+  /// masked, not an error.
+  bool causal = true;
+  /// Keys [0, sinks) are attended by every query without being listed.
+  index_t sinks = 0;
+  /// Keys [first - window + 1, last] are attended without being listed, where first / last are
+  /// the positions of the first / last query of the list's tile: every query sees at least its
+  /// `window` most recent keys (with causal, exactly those before it). 0 = off.
+  index_t window = 0;
+  /// [batch]: valid keys per sequence of a contiguous cache (<= seq_k). Empty = seq_k. Paged
+  /// caches carry their own lengths.
+  view1<const index_t> kv_lens{};
+  /// Optional output [batch, heads_q, seq_q]: natural-log LSE of each row; -inf for an empty row.
+  view3<float> lse{};
+  /// Optional reusable scratch.
+  workspace* scratch = nullptr;
+};
+
+namespace detail {
+
+using ::attend::detail::bump;
+using ::attend::detail::check_disjoint;
+using ::attend::detail::check_extents;
+using ::attend::detail::check_output;
+using ::attend::detail::check_tensor;
+using ::attend::detail::max_threads;
+using ::attend::detail::parallel_for;
+using ::attend::detail::shape_string;
+
+/// K/V rows of a contiguous [batch, seq_k, heads_kv, dim] cache.
+template <class KV>
+struct contiguous_rows {
+  view4<const KV> k, v;
+  const index_t* lens = nullptr;
+
+  index_t heads() const noexcept { return k.extent(2); }
+  index_t length(index_t b) const noexcept { return lens ? lens[b] : k.extent(1); }
+  const KV* k_row(index_t b, index_t pos, index_t h) const noexcept {
+    return k.data() + b * k.stride(0) + pos * k.stride(1) + h * k.stride(2);
+  }
+  const KV* v_row(index_t b, index_t pos, index_t h) const noexcept {
+    return v.data() + b * v.stride(0) + pos * v.stride(1) + h * v.stride(2);
+  }
+  index_t k_head_stride() const noexcept { return k.stride(2); }
+  index_t v_head_stride() const noexcept { return v.stride(2); }
+  bool interleaved() const noexcept { return k.stride(2) < k.stride(1); }
+};
+
+/// K/V rows of a paged cache.
+template <class KV>
+struct paged_rows {
+  view4<const KV> k, v;
+  view2<const index_t> table;
+  const index_t* lens = nullptr;
+
+  index_t heads() const noexcept { return k.extent(2); }
+  index_t length(index_t b) const noexcept { return lens[b]; }
+  const KV* k_row(index_t b, index_t pos, index_t h) const noexcept {
+    const index_t page = table(b, pos / k.extent(1));
+    return k.data() + page * k.stride(0) + (pos % k.extent(1)) * k.stride(1) + h * k.stride(2);
+  }
+  const KV* v_row(index_t b, index_t pos, index_t h) const noexcept {
+    const index_t page = table(b, pos / v.extent(1));
+    return v.data() + page * v.stride(0) + (pos % v.extent(1)) * v.stride(1) + h * v.stride(2);
+  }
+  index_t k_head_stride() const noexcept { return k.stride(2); }
+  index_t v_head_stride() const noexcept { return v.stride(2); }
+  bool interleaved() const noexcept { return k.stride(2) < k.stride(1); }
+};
+
+/// The ascending union of [0, sink_end), a sorted list and [win_lo, win_hi), restricted to
+/// [lo, hi), each position once.
+struct position_merge {
+  const index_t* list = nullptr;
+  index_t count = 0;
+  index_t sink_end = 0, win_lo = 0, win_hi = 0;
+  index_t s = 0, i = 0, w = 0, hi = 0;
+
+  void start(index_t lo, index_t end) noexcept {
+    hi = end;
+    s = lo;
+    w = std::max(win_lo, lo);
+    i = static_cast<index_t>(std::lower_bound(list, list + count, lo) - list);
+  }
+  /// The next position, or hi when the union is exhausted.
+  index_t next() noexcept {
+    constexpr index_t none = std::numeric_limits<index_t>::max();
+    const index_t a = s < sink_end ? s : none;
+    const index_t b = i < count ? list[i] : none;
+    const index_t c = w < win_hi ? w : none;
+    const index_t p = std::min(a, std::min(b, c));
+    if (p >= hi) return hi;
+    if (a == p) ++s;
+    if (b == p) ++i;
+    if (c == p) ++w;
+    return p;
+  }
+};
+
+/// Key source over the union of a list and the implicit ranges, for one KV head per block
+/// (rb.kv_heads == 1). `skip` / `take` select a chunk of the union (split-K decode).
+template <class KV, class Rows>
+struct gather_keys {
+  Rows rows;
+  const index_t* list = nullptr;
+  index_t count = 0;
+  index_t sink_end = 0, win_lo = 0, win_hi = 0;
+  index_t skip = 0;
+  index_t take = std::numeric_limits<index_t>::max();
+
+  template <class Mask, class Visit>
+  void for_each_tile(const engine::row_block& rb, const Mask& mask,
+                     const engine::tile_buffers<KV>& buf, Visit&& visit) const noexcept {
+    const auto [lo, hi] = mask.key_range(rb, 0, rows.length(rb.batch));
+    position_merge m{list, count, sink_end, win_lo, win_hi};
+    m.start(lo, hi);
+    for (index_t s = 0; s < skip; ++s)
+      if (m.next() >= hi) return;
+    index_t left = take;
+    const index_t kvh = rb.kv_head;
+    auto fill = [&](int set, engine::kv_tile<KV>& t) {
+      const index_t off = set * buf.capacity;
+      for (;;) {
+        index_t n = 0;
+        while (n < buf.capacity && left > 0) {
+          const index_t p = m.next();
+          if (p >= hi) {
+            left = 0;
+            break;
+          }
+          buf.pos[off + n] = p;
+          buf.k[off + n] = rows.k_row(rb.batch, p, kvh);
+          buf.v[off + n] = rows.v_row(rb.batch, p, kvh);
+          ++n;
+          --left;
+        }
+        if (n == 0) {
+          t.count = 0;
+          return;
+        }
+        const engine::tile_kind kind = mask.classify(rb, buf.pos[off], buf.pos[off + n - 1]);
+        if (kind == engine::tile_kind::empty) continue;
+        t = engine::kv_tile<KV>{n,
+                                kind,
+                                buf.pos + off,
+                                buf.k + off,
+                                buf.v + off,
+                                rows.k_head_stride(),
+                                rows.v_head_stride(),
+                                rows.interleaved()};
+        return;
+      }
+    };
+    engine::kv_tile<KV> cur, next;
+    fill(0, cur);
+    for (int set = 1; cur.count > 0; set ^= 1) {
+      fill(set, next);
+      cur.next_count = next.count;
+      cur.next_k = next.k;
+      cur.next_v = next.v;
+      visit(static_cast<const engine::kv_tile<KV>&>(cur));
+      cur = next;
+    }
+  }
+};
+
+/// The implicit ranges of a tile whose queries sit at positions [first, last].
+struct implicit_ranges {
+  index_t sink_end = 0, win_lo = 0, win_hi = 0;
+};
+
+inline implicit_ranges implicit_for(index_t len, index_t first, index_t last, index_t sinks,
+                                    index_t window) noexcept {
+  implicit_ranges r;
+  r.sink_end = std::min(sinks, len);
+  if (window > 0) {
+    r.win_lo = std::max<index_t>(0, first - window + 1);
+    r.win_hi = std::max(r.win_lo, std::min(len, last + 1));
+  }
+  return r;
+}
+
+/// How the rows of a gather call are cut into row blocks: one list owner's heads (a query head,
+/// or a KV group's heads) times the queries of one tile, cut to at most max_rows rows.
+struct gather_plan {
+  index_t batch = 0, heads_q = 0, heads_kv = 0, group = 1, seq_q = 0;
+  list_owner owner = list_owner::kv_head;
+  index_t query_block = 1, tiles = 1;
+  index_t heads_per_block = 1, head_chunks = 1, units = 1, queries_per_block = 1, subs = 1;
+
+  gather_plan() = default;
+  gather_plan(index_t b, index_t hq, index_t hkv, index_t sq, list_owner own, index_t qb,
+              index_t max_rows)
+      : batch(b), heads_q(hq), heads_kv(hkv), group(hq / hkv), seq_q(sq), owner(own) {
+    query_block = std::min(qb, seq_q);
+    tiles = tile_count(seq_q, qb);
+    heads_per_block = owner == list_owner::q_head ? 1 : std::min(group, max_rows);
+    head_chunks = owner == list_owner::q_head ? 1 : (group + heads_per_block - 1) / heads_per_block;
+    units = owner == list_owner::q_head ? heads_q : heads_kv * head_chunks;
+    queries_per_block = std::max<index_t>(1, max_rows / heads_per_block);
+    subs = (query_block + queries_per_block - 1) / queries_per_block;
+  }
+
+  index_t blocks() const noexcept { return batch * units * tiles * subs; }
+
+  /// Block `item` (last tiles first: the heaviest under causality); false when the block holds
+  /// no query (short last tile). Fills the block (all but pos0), its list owner and tile.
+  bool block(index_t item, engine::row_block& rb, index_t& own, index_t& tile) const noexcept {
+    const index_t per_tile = batch * units * subs;
+    tile = tiles - 1 - item / per_tile;
+    index_t rest = item % per_tile;
+    const index_t sub = rest % subs;
+    rest /= subs;
+    const index_t unit = rest % units;
+    rb.batch = rest / units;
+    rb.group = group;
+    if (owner == list_owner::q_head) {
+      rb.kv_head = unit / group;
+      rb.head0 = unit;
+      rb.heads = 1;
+      own = unit;
+    } else {
+      const index_t chunk = unit % head_chunks;
+      rb.kv_head = unit / head_chunks;
+      rb.head0 = rb.kv_head * group + chunk * heads_per_block;
+      rb.heads = std::min(heads_per_block, group - chunk * heads_per_block);
+      own = owner == list_owner::kv_head ? rb.kv_head : 0;
+    }
+    rb.kv_heads = 1;
+    const index_t t0 = tile * query_block;
+    const index_t t1 = std::min(seq_q, t0 + query_block);
+    rb.query0 = t0 + sub * queries_per_block;
+    if (rb.query0 >= t1) return false;
+    rb.queries = std::min(queries_per_block, t1 - rb.query0);
+    return true;
+  }
+
+  /// Positions of the first and last query of a tile.
+  std::pair<index_t, index_t> tile_positions(index_t tile, index_t len) const noexcept {
+    const index_t t0 = tile * query_block;
+    const index_t t1 = std::min(seq_q, t0 + query_block);
+    return {len - seq_q + t0, len - seq_q + t1 - 1};
+  }
+};
+
+/// The gather driver, generic over the variant (the public operator uses a causal / no mask;
+/// HyperAttention adds a per-key log-weight). q [batch, seq_q, heads_q, dk], o [batch, seq_q,
+/// heads_q, dv], lse optional [batch, heads_q, seq_q]. Inputs must be validated.
+template <class Arch, index_t DK, index_t DV, class KV, class Rows, class Variant>
+void gather_forward(const view4<const float>& q, const Rows& rows, index_t dv,
+                    const view4<float>& o, const view3<float>& lse, const token_lists& lists,
+                    float scale, index_t sinks, index_t window, const Variant& var,
+                    workspace* user_scratch) {
+  using scratch_t = engine::scratch<Arch, KV>;
+  const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
+  const index_t dk = q.extent(3), heads_kv = rows.heads();
+  const index_t max_rows = engine::max_rows_for(dk, dv);
+  const gather_plan plan(batch, heads_q, heads_kv, seq_q, lists.owner, lists.query_block,
+                         max_rows);
+  auto length_of = [&](index_t b) { return rows.length(b); };
+
+  // Split-K for decode-shaped calls with few row blocks: chunks of the merged key stream, sized
+  // from the lists, never from the thread count.
+  index_t splits = 1, split_len = 0;
+  const index_t blocks = plan.blocks();
+  if (seq_q <= 16 && blocks < 32) {
+    index_t longest = 0;
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t w = 0; w < lists.indices.extent(1); ++w)
+        for (index_t t = 0; t < plan.tiles; ++t) longest = std::max(longest, lists.count(b, w, t));
+    longest += sinks + window + plan.query_block;
+    splits = std::min((32 + blocks - 1) / blocks, (longest + 1023) / 1024);
+    splits = std::max<index_t>(1, splits);
+    const index_t tsize = engine::kv_tile_size<Arch>;
+    split_len = ((longest + splits - 1) / splits + tsize - 1) / tsize * tsize;
+  }
+
+  const int threads = max_threads();
+  const index_t per_thread = scratch_t::floats(max_rows, dk, dv);
+  const index_t partial_row = dv + 1;
+  const index_t partial_floats = splits > 1 ? batch * heads_q * seq_q * splits * partial_row : 0;
+  workspace local;
+  workspace& ws = user_scratch ? *user_scratch : local;
+  float* const base = ws.reserve(per_thread * threads + partial_floats);
+  float* const partial = base + per_thread * threads;
+  const engine::problem<KV> pb{q, scale, dk, dv};
+  auto scratch_of = [&](int t) {
+    bump b(base + t * per_thread);
+    return scratch_t::carve(b, max_rows, dk, dv);
+  };
+  // Sets up the key source of a block; false for blocks without queries.
+  auto source_of = [&](index_t item, engine::row_block& rb, gather_keys<KV, Rows>& keys) {
+    index_t own = 0, tile = 0;
+    if (!plan.block(item, rb, own, tile)) return false;
+    const index_t len = length_of(rb.batch);
+    rb.pos0 = len - seq_q + rb.query0;
+    const auto [first, last] = plan.tile_positions(tile, len);
+    const implicit_ranges ir = implicit_for(len, first, last, sinks, window);
+    keys.rows = rows;
+    keys.list = lists.list(rb.batch, own, tile);
+    keys.count = lists.count(rb.batch, own, tile);
+    keys.sink_end = ir.sink_end;
+    keys.win_lo = ir.win_lo;
+    keys.win_hi = ir.win_hi;
+    return true;
+  };
+
+  if (splits == 1) {
+    parallel_for(blocks, threads, [&](index_t item, int t) {
+      engine::row_block rb;
+      gather_keys<KV, Rows> keys;
+      if (!source_of(item, rb, keys)) return;
+      engine::run_rows<Arch, DK, DV>(pb, rb, keys, var, scratch_of(t),
+                                     [&](index_t, const engine::row_ctx& ctx, float* row, float l) {
+                                       engine::finish_row<Arch>(var, ctx, row, l, dv, o, lse);
+                                     });
+    });
+    return;
+  }
+
+  parallel_for(blocks * splits, threads, [&](index_t item, int t) {
+    const index_t s = item % splits;
+    engine::row_block rb;
+    gather_keys<KV, Rows> keys;
+    if (!source_of(item / splits, rb, keys)) return;
+    keys.skip = s * split_len;
+    keys.take = split_len;
+    engine::run_rows<Arch, DK, DV>(
+        pb, rb, keys, var, scratch_of(t),
+        [&](index_t, const engine::row_ctx& ctx, const float* row, float l) {
+          float* dst = partial + (((ctx.batch * heads_q + ctx.head) * seq_q + ctx.query) * splits +
+                                  s) * partial_row;
+          std::copy(row, row + dv, dst);
+          dst[dv] = l;
+        });
+  });
+  parallel_for(batch * heads_q * seq_q, threads, [&](index_t row, int) {
+    float* acc = partial + row * splits * partial_row;
+    float acc_lse = acc[dv];
+    for (index_t s = 1; s < splits; ++s) {
+      const float* st = acc + s * partial_row;
+      engine::merge_state<Arch>(acc, acc_lse, st, st[dv], dv);
+    }
+    const index_t b = row / (heads_q * seq_q), h = (row / seq_q) % heads_q, i = row % seq_q;
+    engine::finish_row<Arch>(var, engine::row_ctx{b, h, i, length_of(b) - seq_q + i}, acc,
+                             acc_lse, dv, o, lse);
+  });
+}
+
+/// Checks a token_lists view against a problem: shapes, counts, and that every list is strictly
+/// ascending inside [0, kv_len). Throws attend::invalid_argument naming the list.
+template <class LenFn>
+void validate_lists(const char* op, const token_lists& lists, index_t batch, index_t heads_q,
+                    index_t heads_kv, index_t seq_q, LenFn&& length) {
+  ATTEND_CHECK(lists.query_block >= 1, op, ": lists.query_block (", lists.query_block,
+               ") must be >= 1");
+  check_tensor(op, "lists.indices", lists.indices);
+  const index_t owners = owner_count(lists.owner, heads_q, heads_kv);
+  const index_t tiles = tile_count(seq_q, lists.query_block);
+  check_extents(op, "lists.indices", lists.indices,
+                {batch, owners, tiles, lists.indices.extent(3)});
+  if (lists.counts.has_value()) {
+    check_tensor(op, "lists.counts", lists.counts);
+    check_extents(op, "lists.counts", lists.counts, {batch, owners, tiles});
+  }
+  const index_t cap = lists.capacity();
+  for (index_t b = 0; b < batch; ++b) {
+    const index_t len = length(b);
+    for (index_t w = 0; w < owners; ++w)
+      for (index_t t = 0; t < tiles; ++t) {
+        const index_t n = lists.count(b, w, t);
+        ATTEND_CHECK(n >= 0 && n <= cap, op, ": list (batch ", b, ", owner ", w, ", tile ", t,
+                     ") has count ", n, ", outside [0, capacity = ", cap, "]");
+        const index_t* l = lists.list(b, w, t);
+        for (index_t j = 0; j < n; ++j) {
+          ATTEND_CHECK(l[j] >= 0 && l[j] < len, op, ": list (batch ", b, ", owner ", w, ", tile ",
+                       t, ") entry ", j, " = ", l[j], " is outside [0, kv_len = ", len, ")");
+          if (j > 0) {
+            ATTEND_CHECK(l[j] != l[j - 1], op, ": list (batch ", b, ", owner ", w, ", tile ", t,
+                         ") repeats key ", l[j], " at entries ", j - 1, " and ", j);
+            ATTEND_CHECK(l[j] > l[j - 1], op, ": list (batch ", b, ", owner ", w, ", tile ", t,
+                         ") is not sorted: entry ", j - 1, " = ", l[j - 1], " > entry ", j,
+                         " = ", l[j]);
+          }
+        }
+      }
+  }
+}
+
+/// Checks q, o, lse and the scalar parameters shared by both cache kinds.
+inline void validate_gather_common(const char* op, const view4<const float>& q,
+                                   const view4<float>& o, index_t heads_kv, index_t dk_cache,
+                                   index_t dv, const gather_params& p) {
+  check_tensor(op, "q", q);
+  check_output(op, "o", o);
+  const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
+  ATTEND_CHECK(heads_q % heads_kv == 0, op, ": q heads (", heads_q,
+               ") must be a multiple of kv heads (", heads_kv, ")");
+  ATTEND_CHECK(dk_cache == q.extent(3), op, ": head dim of k (", dk_cache,
+               ") must equal that of q (", q.extent(3), ")");
+  check_extents(op, "o", o, {batch, seq_q, heads_q, dv});
+  check_disjoint(op, "o", o, "q", q);
+  if (p.scale) ATTEND_CHECK(std::isfinite(*p.scale), op, ": scale must be finite (", *p.scale, ")");
+  ATTEND_CHECK(p.sinks >= 0 && p.window >= 0, op, ": sinks (", p.sinks, ") and window (",
+               p.window, ") must be >= 0");
+  if (p.lse.has_value()) {
+    check_output(op, "lse", p.lse);
+    check_extents(op, "lse", p.lse, {batch, heads_q, seq_q});
+    check_disjoint(op, "lse", p.lse, "o", o);
+    check_disjoint(op, "lse", p.lse, "q", q);
+  }
+}
+
+template <class KV>
+void validate_gather(const char* op, const view4<const float>& q, const view4<const KV>& k,
+                     const view4<const KV>& v, const view4<float>& o, const token_lists& lists,
+                     const gather_params& p) {
+  check_tensor(op, "k", k);
+  check_tensor(op, "v", v);
+  const index_t batch = q.extent(0), seq_k = k.extent(1);
+  ATTEND_CHECK(k.extent(0) == batch && v.extent(0) == batch, op, ": batch of q (", batch,
+               "), k (", k.extent(0), ") and v (", v.extent(0), ") differ");
+  ATTEND_CHECK(v.extent(1) == seq_k && v.extent(2) == k.extent(2), op, ": v ", shape_string(v),
+               " must match k ", shape_string(k), " in seq_k and heads_kv");
+  validate_gather_common(op, q, o, k.extent(2), k.extent(3), v.extent(3), p);
+  check_disjoint(op, "o", o, "k", k);
+  check_disjoint(op, "o", o, "v", v);
+  if (p.lse.has_value()) {
+    check_disjoint(op, "lse", p.lse, "k", k);
+    check_disjoint(op, "lse", p.lse, "v", v);
+  }
+  if (p.kv_lens.has_value()) {
+    check_tensor(op, "kv_lens", p.kv_lens);
+    check_extents(op, "kv_lens", p.kv_lens, {batch});
+    for (index_t b = 0; b < batch; ++b)
+      ATTEND_CHECK(p.kv_lens(b) >= 0 && p.kv_lens(b) <= seq_k, op, ": kv_lens[", b, "] = ",
+                   p.kv_lens(b), " is outside [0, seq_k = ", seq_k, "]");
+  }
+  validate_lists(op, lists, batch, q.extent(2), k.extent(2), q.extent(1),
+                 [&](index_t b) { return p.kv_lens.has_value() ? p.kv_lens(b) : seq_k; });
+}
+
+template <class KV>
+void validate_paged(const char* op, const view4<const float>& q, const paged_kv<KV>& c,
+                    const view4<float>& o, const token_lists& lists, const gather_params& p) {
+  check_tensor(op, "k_pages", c.k_pages);
+  check_tensor(op, "v_pages", c.v_pages);
+  check_tensor(op, "page_table", c.page_table);
+  check_tensor(op, "lengths", c.lengths);
+  const index_t batch = q.extent(0), pages = c.k_pages.extent(0), page = c.k_pages.extent(1);
+  ATTEND_CHECK(c.v_pages.extent(0) == pages && c.v_pages.extent(1) == page &&
+                   c.v_pages.extent(2) == c.k_pages.extent(2),
+               op, ": v_pages ", shape_string(c.v_pages), " must match k_pages ",
+               shape_string(c.k_pages), " in pages, page size and heads");
+  check_extents(op, "page_table", c.page_table, {batch, c.page_table.extent(1)});
+  check_extents(op, "lengths", c.lengths, {batch});
+  ATTEND_CHECK(!p.kv_lens.has_value(), op,
+               ": kv_lens must be empty for a paged cache (its lengths are used)");
+  validate_gather_common(op, q, o, c.k_pages.extent(2), c.k_pages.extent(3),
+                         c.v_pages.extent(3), p);
+  check_disjoint(op, "o", o, "k_pages", c.k_pages);
+  check_disjoint(op, "o", o, "v_pages", c.v_pages);
+  for (index_t b = 0; b < batch; ++b) {
+    const index_t len = c.lengths(b);
+    ATTEND_CHECK(len >= 0 && len <= c.page_table.extent(1) * page, op, ": lengths[", b, "] = ",
+                 len, " is outside [0, ", c.page_table.extent(1) * page,
+                 " = page_table columns x page size]");
+    for (index_t g = 0; g < (len + page - 1) / page; ++g)
+      ATTEND_CHECK(c.page_table(b, g) >= 0 && c.page_table(b, g) < pages, op, ": page_table(",
+                   b, ", ", g, ") = ", c.page_table(b, g), " is outside [0, pages = ", pages,
+                   ")");
+  }
+  validate_lists(op, lists, batch, q.extent(2), c.k_pages.extent(2), q.extent(1),
+                 [&](index_t b) { return c.lengths(b); });
+}
+
+/// The mask of gather_params: causal or nothing.
+inline engine::standard_mask gather_mask(bool causal) noexcept {
+  engine::standard_mask m;
+  m.right = causal ? 0 : -1;
+  return m;
+}
+
+template <class Arch, class KV, class Rows>
+void gather_dispatch(const view4<const float>& q, const Rows& rows, index_t dv,
+                     const view4<float>& o, const token_lists& lists, const gather_params& p) {
+  const float scale = p.scale ? *p.scale : 1.0f / std::sqrt(static_cast<float>(q.extent(3)));
+  const auto var = engine::make_variant(engine::no_score_mod{}, gather_mask(p.causal));
+  attend::detail::dispatch_head_dims(q.extent(3), dv, [&](auto kdk, auto kdv) {
+    constexpr index_t DK = decltype(kdk)::value, DV = decltype(kdv)::value;
+    gather_forward<Arch, DK, DV, KV>(q, rows, dv, o, p.lse, lists, scale, p.sinks, p.window, var,
+                                     p.scratch);
+  });
+}
+
+}  // namespace detail
+
+/// Exact attention over listed keys plus implicit sinks / window (token-level sparse attention).
+///
+/// \param q [batch, seq_q, heads_q, head_dim] float
+/// \param k [batch, seq_k, heads_kv, head_dim], v [batch, seq_k, heads_kv, head_dim_v]: float,
+///        bf16 or fp16 (one type), any strides with a contiguous last axis
+/// \param o [batch, seq_q, heads_q, head_dim_v] float output
+/// \param lists per (batch, owner, tile) sorted key positions (token_lists.hpp); query i of head
+///        h attends to list (b, owner_of(h), i / query_block) united with [0, sinks) and the
+///        tile's window, restricted by causality (p.causal)
+/// A row that sees no key gets o = 0 and lse = -inf. Throws attend::invalid_argument on bad
+/// shapes or lists (entries outside [0, kv_len), unsorted, repeated; counts above capacity)
+/// before any work.
+template <class TQ, class TK, class TV>
+void gather_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& k,
+                      const tensor_view<TV, 4>& v, const tensor_view<float, 4>& o,
+                      const token_lists& lists, const gather_params& p = {}) {
+  using KV = std::remove_const_t<TK>;
+  static_assert(std::is_same_v<std::remove_const_t<TQ>, float>, "q must be float");
+  static_assert(std::is_same_v<KV, std::remove_const_t<TV>>, "k and v must have one type");
+  static_assert(is_storage_type_v<KV>, "k and v must be float, bf16 or fp16");
+  const view4<const float> qc = q;
+  const view4<const KV> kc = k, vc = v;
+  detail::validate_gather("attend::sparse::gather_attention", qc, kc, vc, o, lists, p);
+  const detail::contiguous_rows<KV> rows{kc, vc, p.kv_lens.has_value() ? p.kv_lens.data() : nullptr};
+  detail::gather_dispatch<xsimd::default_arch, KV>(qc, rows, vc.extent(3), o, lists, p);
+}
+
+/// gather_attention over a paged KV cache (see paged_kv); p.kv_lens must be empty.
+template <class TQ, class KV>
+void gather_attention(const tensor_view<TQ, 4>& q, const paged_kv<KV>& cache,
+                      const tensor_view<float, 4>& o, const token_lists& lists,
+                      const gather_params& p = {}) {
+  static_assert(std::is_same_v<std::remove_const_t<TQ>, float>, "q must be float");
+  static_assert(is_storage_type_v<KV>, "k and v must be float, bf16 or fp16");
+  const view4<const float> qc = q;
+  detail::validate_paged("attend::sparse::gather_attention", qc, cache, o, lists, p);
+  const detail::paged_rows<KV> rows{cache.k_pages, cache.v_pages, cache.page_table,
+                                    cache.lengths.data()};
+  detail::gather_dispatch<xsimd::default_arch, KV>(qc, rows, cache.v_pages.extent(3), o, lists, p);
+}
+
+}  // namespace attend::sparse
+
+#endif  // ATTEND_SPARSE_GATHER_HPP_
