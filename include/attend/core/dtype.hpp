@@ -45,7 +45,9 @@ inline float bits_float(std::uint32_t u) noexcept {
 
 inline std::uint16_t float_to_half_bits(float f) noexcept {
 #if defined(__F16C__)
-  return static_cast<std::uint16_t>(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT));
+  // (not _cvtss_sh: Clang's spells it with a compound literal, which -Wpedantic rejects)
+  return static_cast<std::uint16_t>(
+      _mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(f), _MM_FROUND_TO_NEAREST_INT), 0));
 #else
   const std::uint32_t x = float_bits(f);
   const std::uint32_t sign = (x >> 16) & 0x8000u;
@@ -64,7 +66,7 @@ inline std::uint16_t float_to_half_bits(float f) noexcept {
 
 inline float half_bits_to_float(std::uint16_t h) noexcept {
 #if defined(__F16C__)
-  return _cvtsh_ss(h);
+  return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
 #else
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
   const std::uint32_t e = (h >> 10) & 0x1Fu;

@@ -39,7 +39,8 @@ struct dense_keys {
   template <class Mask, class Visit>
   void for_each_tile(const row_block& rb, const Mask& mask, const tile_buffers<KV>& buf,
                      Visit&& visit) const noexcept {
-    const auto [lo, hi] = mask.key_range(rb, begin, std::min(end, length(rb.batch)));
+    const auto range = mask.key_range(rb, begin, std::min(end, length(rb.batch)));
+    const index_t lo = range.first, hi = range.second;
     const KV* kb = k.data() + rb.batch * k.stride(0) + rb.kv_head * k.stride(2);
     const KV* vb = v.data() + rb.batch * v.stride(0) + rb.kv_head * v.stride(2);
     // Describes the first non-empty tile at or after t0 in buffer set `set`; returns its end.
