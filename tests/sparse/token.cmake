@@ -1,3 +1,4 @@
 # Token-level and hierarchical sparse attention (gather, top-k, TokenSelect, Recycled, HiP,
 # DHSA, HyperAttention).
 attend_add_test(test_sparse_gather SOURCES test_gather.cpp ARCHS ${KERNEL_ARCHS})
+attend_add_test(test_sparse_topk SOURCES test_topk.cpp ARCHS ${KERNEL_ARCHS})

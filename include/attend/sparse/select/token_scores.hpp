@@ -1,0 +1,353 @@
+// The pipeline shared by the token-level selectors that score every candidate key (exact top-k,
+// low-bit top-k, TokenSelect, Recycled attention). For each query tile:
+//
+//   fingerprint   q_f[b, h] = mean of the tile's queries (decode: the query itself)
+//   score         s[b, h, j] = scale * q_f[b, h] . k[b, j, h / G] for the candidate keys j,
+//                 by the engine's score_tiles (K read once per KV group, in its storage type,
+//                 with prefetch) or by another scorer (int8 keys); per-chunk (max, sum exp)
+//   reduce        shared lists: per key, the sum over the owner's heads of each head's softmax
+//                 probability (TokenSelect's soft vote) or the maximum score over the heads
+//   select        exact top-k per owner (select::top_k_long), ascending, into the token lists
+//
+// Candidates of a tile are the keys a causal query of the tile may see, minus the implicit sinks
+// and window that gather_attention adds anyway: [sinks, min(last + 1, first - window + 1)).
+#ifndef ATTEND_SPARSE_SELECT_TOKEN_SCORES_HPP_
+#define ATTEND_SPARSE_SELECT_TOKEN_SCORES_HPP_
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "../../core/parallel.hpp"
+#include "../../core/workspace.hpp"
+#include "../../engine/flash.hpp"
+#include "../../simd/exp.hpp"
+#include "../gather.hpp"
+#include "../token_lists.hpp"
+#include "common.hpp"
+
+namespace attend::sparse {
+
+/// How the scores of the query heads that share a list become one score per key.
+enum class head_reduce {
+  softmax_sum,  ///< sum over heads of each head's softmax over the candidates (soft vote)
+  max_score     ///< maximum over heads of the scaled score
+};
+
+namespace detail {
+
+/// What one selection pass does; shared by the selectors.
+struct selection_spec {
+  index_t k = 2048;
+  list_owner owner = list_owner::q_head;
+  head_reduce reduce = head_reduce::softmax_sum;
+  index_t query_block = 1;
+  index_t sinks = 0, window = 0;
+  bool causal = true;
+  float scale = 1.0f;
+};
+
+/// Candidate keys [lo, hi) of a tile whose queries sit at positions [first, last].
+inline std::pair<index_t, index_t> candidate_range(index_t len, index_t first, index_t last,
+                                                   index_t sinks, index_t window,
+                                                   bool causal) noexcept {
+  const index_t lo = std::min(sinks, len);
+  index_t hi = causal ? std::min(len, last + 1) : len;
+  if (window > 0) hi = std::min(hi, std::max<index_t>(0, first - window + 1));
+  return {lo, std::max(lo, hi)};
+}
+
+/// Score buffers of one pass, carved from a workspace.
+struct score_buffers {
+  index_t batch = 0, heads_q = 0, heads_kv = 0, group = 1, dk = 0;
+  float scale = 1.0f;  // multiplies q_f . k
+  index_t ld = 0;      // keys per score row (the longest sequence)
+  index_t owners = 1;  // lists per batch entry
+  index_t chunk = 8192, chunks = 1;
+  float* scores = nullptr;   // [batch][heads_q][ld]
+  float* partial = nullptr;  // [batch][heads_q][chunks][2]: (max, sum of exp(s - max))
+  float* lse = nullptr;      // [batch][heads_q]
+  float* agg = nullptr;      // [batch][owners][ld]
+  float* qf = nullptr;       // [batch][heads_q][dk] query fingerprints
+  float* topk = nullptr;     // [threads][topk_stride]
+  float* engine = nullptr;   // [threads][engine_stride]
+  index_t topk_stride = 0, engine_stride = 0;
+  std::vector<index_t> lo, hi;  // [batch] candidate range of the current tile
+
+  float* row(index_t b, index_t h) const noexcept { return scores + (b * heads_q + h) * ld; }
+  float* agg_row(index_t b, index_t o) const noexcept { return agg + (b * owners + o) * ld; }
+  float* part(index_t b, index_t h, index_t c) const noexcept {
+    return partial + ((b * heads_q + h) * chunks + c) * 2;
+  }
+  view4<const float> fingerprints() const noexcept {
+    return view4<const float>::contiguous(qf, {batch, 1, heads_q, dk});
+  }
+};
+
+/// Lays out the buffers in `ws` (grown as needed).
+template <class Arch, class KV>
+score_buffers carve_scores(workspace& ws, index_t batch, index_t heads_q, index_t heads_kv,
+                           index_t dk, index_t ld, list_owner owner) {
+  score_buffers s;
+  s.batch = batch;
+  s.heads_q = heads_q;
+  s.heads_kv = heads_kv;
+  s.group = heads_q / heads_kv;
+  s.dk = dk;
+  s.ld = ld;
+  s.owners = owner_count(owner, heads_q, heads_kv);
+  s.chunks = (ld + s.chunk - 1) / s.chunk;
+  const int threads = attend::detail::max_threads();
+  s.topk_stride = select::top_k_long_scratch(ld);
+  const index_t max_rows = engine::max_rows_for(dk, dk);
+  s.engine_stride = engine::scratch<Arch, KV>::floats(max_rows, dk, dk);
+  auto layout = [&](attend::detail::bump& b) {
+    s.scores = b.take<float>(batch * heads_q * ld);
+    s.partial = b.take<float>(batch * heads_q * s.chunks * 2);
+    s.lse = b.take<float>(batch * heads_q);
+    s.agg = owner == list_owner::q_head ? nullptr : b.take<float>(batch * s.owners * ld);
+    s.qf = b.take<float>(batch * heads_q * dk);
+    s.topk = b.take<float>(threads * s.topk_stride);
+    s.engine = b.take<float>(threads * s.engine_stride);
+  };
+  attend::detail::bump count(nullptr);
+  layout(count);
+  attend::detail::bump carve(ws.reserve(count.used()));
+  layout(carve);
+  s.lo.assign(static_cast<std::size_t>(batch), 0);
+  s.hi.assign(static_cast<std::size_t>(batch), 0);
+  return s;
+}
+
+/// q_f[b, h] = mean of q(b, i, h) over i in [t0, t1).
+inline void fingerprint(const view4<const float>& q, index_t t0, index_t t1,
+                        const score_buffers& s) noexcept {
+  const float inv = 1.0f / static_cast<float>(t1 - t0);
+  for (index_t b = 0; b < s.batch; ++b)
+    for (index_t h = 0; h < s.heads_q; ++h) {
+      float* dst = s.qf + (b * s.heads_q + h) * s.dk;
+      std::fill(dst, dst + s.dk, 0.0f);
+      for (index_t i = t0; i < t1; ++i) {
+        const float* src = q.data() + q.offset(b, i, h, 0);
+        for (index_t d = 0; d < s.dk; ++d) dst[d] += src[d];
+      }
+      if (t1 - t0 > 1)
+        for (index_t d = 0; d < s.dk; ++d) dst[d] *= inv;
+    }
+}
+
+/// (max, sum exp(x - max)) of x[0, n) (NaN-free input).
+template <class Arch>
+std::pair<float, float> max_and_sum(const float* x, index_t n) noexcept {
+  using V = simd::vfloat<Arch>;
+  constexpr index_t w = simd::lanes<Arch>;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  V mv(ninf);
+  index_t j = 0;
+  for (; j + w <= n; j += w) mv = xsimd::max(mv, V::load_unaligned(x + j));
+  float m = simd::reduce_max<Arch>(mv);
+  for (; j < n; ++j) m = std::max(m, x[j]);
+  if (m == ninf) return {ninf, 0.0f};
+  V sv(0.0f);
+  const V mm(m);
+  j = 0;
+  for (; j + w <= n; j += w) sv += simd::exp<Arch>(V::load_unaligned(x + j) - mm);
+  float sum = simd::reduce_sum<Arch>(sv);
+  for (; j < n; ++j) sum += std::exp(x[j] - m);
+  return {m, sum};
+}
+
+/// Fills the (max, sum) partials of the rows [h0, h0 + heads) of batch b over chunk c.
+template <class Arch>
+void chunk_partials(const score_buffers& s, index_t b, index_t h0, index_t heads,
+                    index_t c) noexcept {
+  const index_t j0 = std::max(s.lo[b], c * s.chunk);
+  const index_t j1 = std::min(s.hi[b], (c + 1) * s.chunk);
+  for (index_t h = h0; h < h0 + heads; ++h) {
+    float* p = s.part(b, h, c);
+    if (j1 <= j0) {
+      p[0] = -std::numeric_limits<float>::infinity();
+      p[1] = 0.0f;
+      continue;
+    }
+    const auto [m, sum] = max_and_sum<Arch>(s.row(b, h) + j0, j1 - j0);
+    p[0] = m;
+    p[1] = sum;
+  }
+}
+
+/// Scores every candidate key with the engine's score_tiles (no mask, no score hook): items are
+/// (batch, KV head, head chunk, key chunk); each loads its K rows once for its query heads.
+template <class Arch, index_t DK, class KV, class Rows>
+void score_with_engine(const Rows& rows, const score_buffers& s, bool need_partials) {
+  using scratch_t = engine::scratch<Arch, KV>;
+  const index_t max_rows = engine::max_rows_for(s.dk, s.dk);
+  const index_t hpb = std::min(s.group, max_rows);
+  const index_t head_chunks = (s.group + hpb - 1) / hpb;
+  const index_t items = s.batch * s.heads_kv * head_chunks * s.chunks;
+  const engine::problem<KV> pb{s.fingerprints(), s.scale, s.dk, s.dk};
+  const engine::variant<> var{};
+  attend::detail::parallel_for(items, attend::detail::max_threads(), [&](index_t item, int t) {
+    const index_t c = item % s.chunks;
+    index_t rest = item / s.chunks;
+    const index_t hc = rest % head_chunks;
+    rest /= head_chunks;
+    const index_t hk = rest % s.heads_kv, b = rest / s.heads_kv;
+    engine::row_block rb;
+    rb.batch = b;
+    rb.kv_head = hk;
+    rb.group = s.group;
+    rb.head0 = hk * s.group + hc * hpb;
+    rb.heads = std::min(hpb, s.group - hc * hpb);
+    rb.queries = 1;
+    const index_t j0 = std::max(s.lo[b], c * s.chunk);
+    const index_t j1 = std::min(s.hi[b], (c + 1) * s.chunk);
+    if (j1 > j0) {
+      gather_keys<KV, Rows> keys;
+      keys.rows = rows;
+      keys.win_lo = j0;
+      keys.win_hi = j1;
+      attend::detail::bump bp(s.engine + t * s.engine_stride);
+      const scratch_t ws = scratch_t::carve(bp, max_rows, s.dk, s.dk);
+      float* const out = s.row(b, rb.head0);
+      const index_t n_rows = rb.heads;
+      engine::score_tiles<Arch, DK>(
+          pb, rb, keys, var, ws, [&](const engine::kv_tile<KV>& tile, const float* st, index_t ld) {
+            for (index_t j = 0; j < tile.count; ++j) {
+              const index_t p = tile.pos[j];
+              for (index_t r = 0; r < n_rows; ++r) {
+                const float x = st[j * ld + r];
+                out[r * s.ld + p] = x == x ? x : -std::numeric_limits<float>::infinity();
+              }
+            }
+          });
+    }
+    if (need_partials) chunk_partials<Arch>(s, b, rb.head0, rb.heads, c);
+  });
+}
+
+/// Per-head LSE over the candidates from the chunk partials.
+inline void merge_partials(const score_buffers& s) noexcept {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (index_t b = 0; b < s.batch; ++b)
+    for (index_t h = 0; h < s.heads_q; ++h) {
+      float m = ninf;
+      for (index_t c = 0; c < s.chunks; ++c) m = std::max(m, s.part(b, h, c)[0]);
+      float l = 0.0f;
+      if (m != ninf)
+        for (index_t c = 0; c < s.chunks; ++c) {
+          const float* p = s.part(b, h, c);
+          if (p[1] > 0.0f) l += p[1] * std::exp(p[0] - m);
+        }
+      s.lse[b * s.heads_q + h] = l > 0.0f ? m + std::log(l) : ninf;
+    }
+}
+
+/// The query heads [h0, h1) that share list owner o.
+inline std::pair<index_t, index_t> owner_heads(list_owner owner, index_t o, index_t heads_q,
+                                               index_t group) noexcept {
+  switch (owner) {
+    case list_owner::q_head: return {o, o + 1};
+    case list_owner::kv_head: return {o * group, (o + 1) * group};
+    default: return {0, heads_q};
+  }
+}
+
+/// agg[b, o, j] = combination of the owner's head scores at key j (shared lists only).
+template <class Arch>
+void reduce_heads(const score_buffers& s, list_owner owner, head_reduce reduce) {
+  using V = simd::vfloat<Arch>;
+  constexpr index_t w = simd::lanes<Arch>;
+  const index_t items = s.batch * s.owners * s.chunks;
+  attend::detail::parallel_for(items, attend::detail::max_threads(), [&](index_t item, int) {
+    const index_t c = item % s.chunks, o = (item / s.chunks) % s.owners;
+    const index_t b = item / (s.chunks * s.owners);
+    const index_t j0 = std::max(s.lo[b], c * s.chunk);
+    const index_t j1 = std::min(s.hi[b], (c + 1) * s.chunk);
+    if (j1 <= j0) return;
+    const auto [h0, h1] = owner_heads(owner, o, s.heads_q, s.group);
+    float* dst = s.agg_row(b, o);
+    if (reduce == head_reduce::max_score) {
+      std::copy(s.row(b, h0) + j0, s.row(b, h0) + j1, dst + j0);
+      for (index_t h = h0 + 1; h < h1; ++h) {
+        const float* src = s.row(b, h);
+        index_t j = j0;
+        for (; j + w <= j1; j += w)
+          xsimd::max(V::load_unaligned(dst + j), V::load_unaligned(src + j)).store_unaligned(dst + j);
+        for (; j < j1; ++j) dst[j] = std::max(dst[j], src[j]);
+      }
+      return;
+    }
+    std::fill(dst + j0, dst + j1, 0.0f);
+    for (index_t h = h0; h < h1; ++h) {
+      const float lse = s.lse[b * s.heads_q + h];
+      if (lse == -std::numeric_limits<float>::infinity()) continue;
+      const float* src = s.row(b, h);
+      const V l(lse);
+      index_t j = j0;
+      for (; j + w <= j1; j += w)
+        (V::load_unaligned(dst + j) + simd::exp<Arch>(V::load_unaligned(src + j) - l))
+            .store_unaligned(dst + j);
+      for (; j < j1; ++j) dst[j] += std::exp(src[j] - lse);
+    }
+  });
+}
+
+/// Top-k per (batch, owner) of the scores (own lists) or aggregates (shared lists) into list
+/// (b, o, tile) of `out`.
+inline void select_top(const score_buffers& s, const selection_spec& spec, index_t tile,
+                       token_list_buffer& out) {
+  const index_t items = s.batch * s.owners;
+  attend::detail::parallel_for(items, attend::detail::max_threads(), [&](index_t item, int t) {
+    const index_t b = item / s.owners, o = item % s.owners;
+    const index_t lo = s.lo[b], n = s.hi[b] - lo;
+    const float* src = (spec.owner == list_owner::q_head ? s.row(b, o) : s.agg_row(b, o)) + lo;
+    index_t* dst = out.list(b, o, tile);
+    const index_t c = select::top_k_long(src, n, std::min(spec.k, out.capacity()), dst,
+                                         s.topk + t * s.topk_stride);
+    for (index_t e = 0; e < c; ++e) dst[e] += lo;
+    out.count(b, o, tile) = c;
+  });
+}
+
+/// Runs the whole pipeline for every query tile of q [batch, seq_q, heads_q, dk] over keys of
+/// `rows` (lengths per batch), writing `out` (reshaped to the spec's owner and query block,
+/// capacity k). `score(s, need_partials)` fills s.scores (and the partials when asked) for the
+/// candidates [s.lo[b], s.hi[b]) of the current tile from s.fingerprints().
+template <class Arch, class KV, class Rows, class Scorer>
+void select_tokens(const view4<const float>& q, const Rows& rows, index_t seq_k,
+                   token_list_buffer& out, const selection_spec& spec, workspace* user_scratch,
+                   Scorer&& score) {
+  const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
+  const index_t dk = q.extent(3), heads_kv = rows.heads();
+  out.reshape(spec.owner, spec.query_block, batch, heads_q, heads_kv, seq_q,
+              std::max<index_t>(1, spec.k));
+  workspace local;
+  workspace& ws = user_scratch ? *user_scratch : local;
+  score_buffers s = carve_scores<Arch, KV>(ws, batch, heads_q, heads_kv, dk, seq_k, spec.owner);
+  s.scale = spec.scale;
+  const bool shared = spec.owner != list_owner::q_head;
+  const bool partials = shared && spec.reduce == head_reduce::softmax_sum;
+  for (index_t tile = 0; tile < out.tiles(); ++tile) {
+    const index_t t0 = tile * spec.query_block, t1 = std::min(seq_q, t0 + spec.query_block);
+    for (index_t b = 0; b < batch; ++b) {
+      const index_t len = rows.length(b);
+      const auto [lo, hi] = candidate_range(len, len - seq_q + t0, len - seq_q + t1 - 1,
+                                            spec.sinks, spec.window, spec.causal);
+      s.lo[b] = lo;
+      s.hi[b] = hi;
+    }
+    fingerprint(q, t0, t1, s);
+    score(s, partials);
+    if (partials) merge_partials(s);
+    if (shared) reduce_heads<Arch>(s, spec.owner, spec.reduce);
+    select_top(s, spec, tile, out);
+  }
+}
+
+}  // namespace detail
+}  // namespace attend::sparse
+
+#endif  // ATTEND_SPARSE_SELECT_TOKEN_SCORES_HPP_

@@ -1,0 +1,230 @@
+// Exact top-k selection: equals brute force (per head, per KV group with either reduction, per
+// layer, mean-query tiles, implicit ranges, ragged lengths); k = all keys equals dense attention;
+// top_k_long equals select::top_k; paged selection equals contiguous selection.
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+#include "attend/sparse/select/topk.hpp"
+#include "selection_oracle.hpp"
+#include "token_oracle.hpp"
+
+namespace attend::testing {
+namespace {
+
+using sparse::head_reduce;
+using sparse::list_owner;
+
+struct topk_case {
+  index_t batch, seq_q, seq_k, heads_q, heads_kv, dim;
+  list_owner owner;
+  head_reduce reduce;
+  index_t query_block, k, sinks, window;
+  bool causal, ragged;
+};
+
+/// Double scores of the mean query of tile t against every key, for the brute force.
+template <class KV>
+struct tile_scorer {
+  const view4<float>& q;
+  const view4<KV>& k;
+  index_t b, t0, t1, group;
+  double scale;
+  std::vector<std::vector<double>> qf;  // [heads_q][dim]
+  tile_scorer(const view4<float>& qv, const view4<KV>& kv, index_t b_, index_t t0_, index_t t1_,
+              index_t g, double s)
+      : q(qv), k(kv), b(b_), t0(t0_), t1(t1_), group(g), scale(s) {
+    qf.assign(static_cast<std::size_t>(q.extent(2)),
+              std::vector<double>(static_cast<std::size_t>(q.extent(3)), 0.0));
+    for (index_t h = 0; h < q.extent(2); ++h)
+      for (index_t d = 0; d < q.extent(3); ++d) {
+        for (index_t i = t0; i < t1; ++i) qf[h][d] += q(b, i, h, d);
+        qf[h][d] /= double(t1 - t0);
+      }
+  }
+  double operator()(index_t h, index_t j) const {
+    double s = 0;
+    for (index_t d = 0; d < q.extent(3); ++d) s += qf[h][d] * double(to_float(k(b, j, h / group, d)));
+    return scale * s;
+  }
+};
+
+template <class KV>
+void check_selection(const topk_case& c, unsigned seed) {
+  std::mt19937 rng(seed);
+  auto q = tensor<float, 4>::make({c.batch, c.seq_q, c.heads_q, c.dim});
+  auto k = tensor<KV, 4>::make({c.batch, c.seq_k, c.heads_kv, c.dim});
+  fill_uniform(q.view, rng, -1.5f, 1.5f);
+  fill_uniform(k.view, rng, -1.5f, 1.5f);
+  std::vector<index_t> lens;
+  if (c.ragged)
+    for (index_t b = 0; b < c.batch; ++b) lens.push_back(c.seq_k - 13 * b - 1);
+  sparse::topk_params p;
+  p.k = c.k;
+  p.owner = c.owner;
+  p.reduce = c.reduce;
+  p.query_block = c.query_block;
+  p.sinks = c.sinks;
+  p.window = c.window;
+  p.causal = c.causal;
+  if (c.ragged) p.kv_lens = make_view<const index_t>(lens.data(), c.batch);
+  sparse::token_list_buffer lists;
+  sparse::topk_select(q.view, k.view, lists, p);
+  ASSERT_EQ(lists.tiles(), (c.seq_q + c.query_block - 1) / c.query_block);
+  const index_t group = c.heads_q / c.heads_kv;
+  const double scale = 1.0 / std::sqrt(double(c.dim));
+  const brute_reduce red = c.owner == list_owner::q_head ? brute_reduce::own
+                           : c.reduce == head_reduce::softmax_sum ? brute_reduce::softmax_sum
+                                                                  : brute_reduce::max_score;
+  for (index_t b = 0; b < c.batch; ++b) {
+    const index_t len = c.ragged ? lens[b] : c.seq_k;
+    for (index_t t = 0; t < lists.tiles(); ++t) {
+      const index_t t0 = t * c.query_block, t1 = std::min(c.seq_q, t0 + c.query_block);
+      const index_t first = len - c.seq_q + t0, last = len - c.seq_q + t1 - 1;
+      const index_t lo = std::min(c.sinks, len);
+      index_t hi = c.causal ? std::min(len, last + 1) : len;
+      if (c.window > 0) hi = std::min(hi, std::max<index_t>(0, first - c.window + 1));
+      hi = std::max(hi, lo);
+      tile_scorer<KV> sc(q.view, k.view, b, t0, t1, group, scale);
+      for (index_t o = 0; o < lists.owners(); ++o) {
+        index_t h0 = o, h1 = o + 1;
+        if (c.owner == list_owner::kv_head) h0 = o * group, h1 = h0 + group;
+        if (c.owner == list_owner::layer) h0 = 0, h1 = c.heads_q;
+        const brute_list want = brute_select(c.seq_k, lo, hi, h0, h1, red, c.k, sc);
+        EXPECT_TRUE(same_selection(lists.list(b, o, t), lists.count(b, o, t), want, 1e-5))
+            << "batch " << b << " owner " << o << " tile " << t;
+      }
+    }
+  }
+}
+
+TEST(TopkSelect, EqualsBruteForce) {
+  const topk_case cases[] = {
+      // batch, sq, sk, hq, hkv, d, owner, reduce, qb, k, sinks, window, causal, ragged
+      {2, 1, 700, 8, 2, 64, list_owner::q_head, head_reduce::softmax_sum, 1, 50, 0, 0, true, false},
+      {2, 1, 700, 8, 2, 64, list_owner::kv_head, head_reduce::softmax_sum, 1, 64, 4, 32, true, true},
+      {1, 1, 900, 8, 2, 128, list_owner::kv_head, head_reduce::max_score, 1, 100, 0, 16, true, false},
+      {1, 3, 500, 6, 3, 40, list_owner::layer, head_reduce::softmax_sum, 3, 40, 2, 8, true, false},
+      {1, 24, 300, 4, 2, 64, list_owner::q_head, head_reduce::softmax_sum, 1, 20, 1, 4, true, true},
+      {1, 24, 300, 4, 1, 64, list_owner::kv_head, head_reduce::softmax_sum, 8, 30, 0, 0, false, false},
+      {1, 1, 20000, 4, 1, 64, list_owner::kv_head, head_reduce::softmax_sum, 1, 300, 4, 64, true, false},
+  };
+  unsigned seed = 700;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(seed);
+    check_selection<float>(c, seed++);
+  }
+}
+
+TEST(TopkSelect, NarrowKeysEqualBruteForce) {
+  const topk_case c{1, 1, 1000, 8, 2, 64, list_owner::q_head, head_reduce::softmax_sum, 1, 80, 0, 0, true, false};
+  check_selection<bf16>(c, 800);
+  check_selection<fp16>(c, 801);
+}
+
+/// With k at least the number of keys, top-k attention is dense attention.
+template <class KV>
+void all_keys_equal_dense(index_t sq, index_t sk, list_owner owner, bool causal, unsigned seed) {
+  const index_t hq = 8, hkv = 2, d = 64;
+  std::mt19937 rng(seed);
+  auto q = tensor<float, 4>::make({1, sq, hq, d});
+  auto k = tensor<KV, 4>::make({1, sk, hkv, d}), v = tensor<KV, 4>::make({1, sk, hkv, d});
+  auto o = tensor<float, 4>::make({1, sq, hq, d});
+  auto lse = tensor<float, 3>::make({1, hq, sq});
+  fill_uniform(q.view, rng);
+  fill_uniform(k.view, rng);
+  fill_uniform(v.view, rng);
+  sparse::topk_params p;
+  p.k = sk;
+  p.owner = owner;
+  p.causal = causal;
+  sparse::token_list_buffer lists;
+  sparse::topk_attention(q.view, k.view, v.view, o.view, lists, p, lse.view);
+  attention_params rp;
+  rp.causal = causal;
+  auto ro = tensor<double, 4>::make({1, sq, hq, d});
+  auto rl = tensor<double, 3>::make({1, hq, sq});
+  reference::attention(q.cview(), k.cview(), v.cview(), rp, ro.view, rl.view);
+  EXPECT_TRUE(all_close(o.cview(), ro.cview(), tolerance<KV>::atol, tolerance<KV>::rtol));
+  EXPECT_TRUE(all_close(lse.cview(), rl.cview(), tolerance<KV>::atol, tolerance<KV>::rtol));
+}
+
+TEST(TopkAttention, AllKeysEqualsDense) {
+  all_keys_equal_dense<float>(1, 3000, list_owner::q_head, true, 900);
+  all_keys_equal_dense<float>(1, 3000, list_owner::kv_head, true, 901);
+  all_keys_equal_dense<float>(33, 130, list_owner::q_head, true, 902);
+  all_keys_equal_dense<float>(20, 90, list_owner::layer, false, 903);
+  all_keys_equal_dense<bf16>(1, 2500, list_owner::kv_head, true, 904);
+}
+
+TEST(TopkLong, EqualsTopK) {
+  std::mt19937 rng(1000);
+  std::uniform_int_distribution<int> level(0, 40);
+  for (index_t n : {1, 2, 17, 333, 5000, 70000})
+    for (index_t k : {index_t{1}, index_t{5}, index_t{100}, n / 2 + 1, n, n + 3}) {
+      std::vector<float> s(static_cast<std::size_t>(n));
+      for (auto& x : s) x = static_cast<float>(level(rng)) * 0.25f;  // many ties
+      for (index_t i = 0; i < n; i += 7) s[i] = -std::numeric_limits<float>::infinity();
+      for (index_t i = 3; i < n; i += 11) s[i] = std::numeric_limits<float>::quiet_NaN();
+      const auto want = sparse::select::top_k(s.data(), n, k);
+      std::vector<index_t> got(static_cast<std::size_t>(std::min(k, n)));
+      std::vector<float> scratch(static_cast<std::size_t>(sparse::select::top_k_long_scratch(n)));
+      const index_t c = sparse::select::top_k_long(s.data(), n, k, got.data(), scratch.data());
+      got.resize(static_cast<std::size_t>(c));
+      EXPECT_EQ(got, want) << "n " << n << " k " << k;
+    }
+}
+
+TEST(TopkSelect, PagedEqualsContiguous) {
+  const index_t sk = 777, hkv = 2, hq = 4, d = 64, page = 32, pages = (sk + page - 1) / page;
+  std::mt19937 rng(1100);
+  auto q = tensor<float, 4>::make({1, 1, hq, d});
+  auto k = tensor<float, 4>::make({1, sk, hkv, d});
+  fill_uniform(q.view, rng);
+  fill_uniform(k.view, rng);
+  auto kp = tensor<float, 4>::make({pages, page, hkv, d});
+  auto table = tensor<index_t, 2>::make({1, pages});
+  for (index_t g = 0; g < pages; ++g) {
+    const index_t id = pages - 1 - g;  // reversed page order
+    table.view(0, g) = id;
+    for (index_t s = 0; s < page && g * page + s < sk; ++s)
+      for (index_t h = 0; h < hkv; ++h)
+        for (index_t c = 0; c < d; ++c) kp.view(id, s, h, c) = k.view(0, g * page + s, h, c);
+  }
+  const index_t len = sk;
+  sparse::paged_kv<float> cache{kp.cview(), kp.cview(), table.cview(), make_view(&len, 1)};
+  sparse::topk_params p;
+  p.k = 60;
+  p.owner = list_owner::kv_head;
+  p.sinks = 2;
+  p.window = 10;
+  sparse::token_list_buffer a, b;
+  sparse::topk_select(q.view, k.view, a, p);
+  sparse::topk_select(q.view, cache, b, p);
+  for (index_t o = 0; o < hkv; ++o) {
+    ASSERT_EQ(a.count(0, o, 0), b.count(0, o, 0));
+    for (index_t e = 0; e < a.count(0, o, 0); ++e) EXPECT_EQ(a.list(0, o, 0)[e], b.list(0, o, 0)[e]);
+  }
+}
+
+TEST(TopkSelect, RejectsBadParameters) {
+  auto q = tensor<float, 4>::make({1, 1, 4, 32});
+  auto k = tensor<float, 4>::make({1, 50, 2, 32});
+  sparse::token_list_buffer lists;
+  sparse::topk_params p;
+  p.k = 0;
+  EXPECT_THROW(sparse::topk_select(q.view, k.view, lists, p), invalid_argument);
+  p.k = 4;
+  p.query_block = 0;
+  EXPECT_THROW(sparse::topk_select(q.view, k.view, lists, p), invalid_argument);
+  p.query_block = 1;
+  const index_t len = 60;
+  p.kv_lens = make_view(&len, 1);
+  EXPECT_THROW(sparse::topk_select(q.view, k.view, lists, p), invalid_argument);
+  auto k3 = tensor<float, 4>::make({1, 50, 3, 32});
+  p.kv_lens = {};
+  EXPECT_THROW(sparse::topk_select(q.view, k3.view, lists, p), invalid_argument);
+}
+
+}  // namespace
+}  // namespace attend::testing
