@@ -47,34 +47,83 @@ void dispatch_head_dims(index_t dk, index_t dv, F&& f) {
   f(integral_constant<index_t, 0>{}, integral_constant<index_t, 0>{});
 }
 
+/// How the dense driver cuts a call into row blocks and, for decode, key splits. Drivers that
+/// walk the same blocks with other passes (the sink family's statistics) use it too.
+///
+/// Decode-shaped calls (a KV head's rows fit half a register) put several KV heads in one block,
+/// so a [batch, seq, heads, dim] cache is read token by token; otherwise a block is one KV
+/// head's query heads (up to max_rows of them) times a query tile.
+struct dense_blocks {
+  index_t batch = 0, seq_q = 0, seq_k = 0, heads_q = 0, heads_kv = 0, group = 1;
+  index_t max_rows = 0, kv_per_block = 1, heads_per_block = 1, queries_per_block = 1;
+  index_t kv_chunks = 1, head_chunks = 1, query_tiles = 1, groups = 1;
+  index_t split = 0, splits = 1;  // decode: keys per split (0 = none) and their number
+  const index_t* kv_lens = nullptr;
+
+  template <class Arch>
+  static dense_blocks plan(index_t batch, index_t seq_q, index_t heads_q, index_t dk,
+                           index_t seq_k, index_t heads_kv, index_t dv, const index_t* kv_lens) {
+    dense_blocks p;
+    p.batch = batch;
+    p.seq_q = seq_q;
+    p.seq_k = seq_k;
+    p.heads_q = heads_q;
+    p.heads_kv = heads_kv;
+    p.group = heads_q / heads_kv;
+    p.kv_lens = kv_lens;
+    p.max_rows = engine::max_rows_for(dk, dv);
+    const bool decode_shaped = engine::uses_dot_kernel<Arch>(p.group * seq_q);
+    p.kv_per_block =
+        decode_shaped ? std::min(heads_kv, p.max_rows / engine::dot_rows_padded(p.group * seq_q))
+                      : 1;
+    p.heads_per_block = std::min(p.group, p.max_rows);
+    p.queries_per_block = std::max<index_t>(1, p.max_rows / p.heads_per_block);
+    p.kv_chunks = (heads_kv + p.kv_per_block - 1) / p.kv_per_block;
+    p.head_chunks = (p.group + p.heads_per_block - 1) / p.heads_per_block;
+    p.query_tiles = (seq_q + p.queries_per_block - 1) / p.queries_per_block;
+    p.groups = batch * p.kv_chunks * p.head_chunks;
+    p.split = decode_split_length(seq_q, seq_k);
+    p.splits = p.split ? (seq_k + p.split - 1) / p.split : 1;
+    return p;
+  }
+
+  index_t length(index_t b) const noexcept { return kv_lens ? kv_lens[b] : seq_k; }
+
+  /// Row blocks of the call: `blocks()` of them, block i from `block(i)`, heaviest (last query
+  /// tiles, for causal) first.
+  index_t blocks() const noexcept { return groups * query_tiles; }
+  engine::row_block block(index_t i) const noexcept {
+    const index_t g = i % groups, tile = query_tiles - 1 - i / groups;
+    engine::row_block rb;
+    rb.batch = g / (kv_chunks * head_chunks);
+    rb.kv_head = ((g / head_chunks) % kv_chunks) * kv_per_block;
+    rb.kv_heads = std::min(kv_per_block, heads_kv - rb.kv_head);
+    const index_t chunk = g % head_chunks;
+    rb.group = group;
+    rb.head0 = rb.kv_head * group + chunk * heads_per_block;
+    rb.heads = std::min(heads_per_block, group - chunk * heads_per_block);
+    rb.query0 = tile * queries_per_block;
+    rb.queries = std::min(queries_per_block, seq_q - rb.query0);
+    rb.pos0 = length(rb.batch) - seq_q + rb.query0;
+    return rb;
+  }
+};
+
 /// The dense driver behind attention() and every operator that is dense attention with other
 /// hooks (sinks, gates, calibration): q [batch, seq_q, heads_q, dk], k/v [batch, seq_k, heads_kv,
 /// dk/dv], o [batch, seq_q, heads_q, dv], lse optional [batch, heads_q, seq_q]. Inputs must be
-/// validated. Prefill runs row blocks (a KV group's heads x a query tile) heaviest first; decode
-/// (seq_q <= 16, long caches) splits the keys and merges the partial states in split order.
+/// validated. Prefill runs the row blocks of dense_blocks heaviest first; decode (seq_q <= 16,
+/// long caches) splits the keys and merges the partial states in split order.
 template <class Arch, index_t DK, index_t DV, class KV, class Variant>
 void dense_forward(const view4<const float>& q, const view4<const KV>& k, const view4<const KV>& v,
                    const view4<float>& o, const view3<float>& lse, const index_t* kv_lens,
                    float scale, const Variant& var, workspace* user_scratch) {
   using scratch_t = engine::scratch<Arch, KV>;
-  const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
-  const index_t dk = q.extent(3), seq_k = k.extent(1), heads_kv = k.extent(2), dv = v.extent(3);
-  const index_t group = heads_q / heads_kv;
-  const index_t max_rows = engine::max_rows_for(dk, dv);
-  // Row blocks. Decode-shaped calls (a KV head's rows fit half a register) put several KV heads
-  // in one block, so a [batch, seq, heads, dim] cache is read token by token; otherwise a block
-  // is one KV head's query heads times a query tile.
-  const bool decode_shaped = engine::uses_dot_kernel<Arch>(group * seq_q);
-  const index_t kv_per_block =
-      decode_shaped ? std::min(heads_kv, max_rows / engine::dot_rows_padded(group * seq_q)) : 1;
-  const index_t heads_per_block = std::min(group, max_rows);
-  const index_t queries_per_block = std::max<index_t>(1, max_rows / heads_per_block);
-  const index_t kv_chunks = (heads_kv + kv_per_block - 1) / kv_per_block;
-  const index_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
-  const index_t query_tiles = (seq_q + queries_per_block - 1) / queries_per_block;
-  const index_t split = decode_split_length(seq_q, seq_k);
-  const index_t splits = split ? (seq_k + split - 1) / split : 1;
-  const index_t groups = batch * kv_chunks * head_chunks;
+  const index_t dk = q.extent(3), dv = v.extent(3);
+  const auto plan = dense_blocks::plan<Arch>(q.extent(0), q.extent(1), q.extent(2), dk,
+                                             k.extent(1), k.extent(2), dv, kv_lens);
+  const index_t batch = plan.batch, seq_q = plan.seq_q, heads_q = plan.heads_q;
+  const index_t splits = plan.splits, split = plan.split, max_rows = plan.max_rows;
 
   const int threads = max_threads();
   const index_t per_thread = scratch_t::floats(max_rows, dk, dv);
@@ -87,30 +136,14 @@ void dense_forward(const view4<const float>& q, const view4<const KV>& k, const 
 
   const engine::problem<KV> pb{q, scale, dk, dv};
   const engine::dense_keys<KV> keys{k, v, kv_lens};
-  auto length_of = [&](index_t b) { return kv_lens ? kv_lens[b] : seq_k; };
-  auto block_of = [&](index_t g, index_t tile) {
-    engine::row_block rb;
-    rb.batch = g / (kv_chunks * head_chunks);
-    rb.kv_head = ((g / head_chunks) % kv_chunks) * kv_per_block;
-    rb.kv_heads = std::min(kv_per_block, heads_kv - rb.kv_head);
-    const index_t chunk = g % head_chunks;
-    rb.group = group;
-    rb.head0 = rb.kv_head * group + chunk * heads_per_block;
-    rb.heads = std::min(heads_per_block, group - chunk * heads_per_block);
-    rb.query0 = tile * queries_per_block;
-    rb.queries = std::min(queries_per_block, seq_q - rb.query0);
-    rb.pos0 = length_of(rb.batch) - seq_q + rb.query0;
-    return rb;
-  };
   auto scratch_of = [&](int t) {
     bump b(base + t * per_thread);
     return scratch_t::carve(b, max_rows, dk, dv);
   };
 
   if (splits == 1) {
-    parallel_for(groups * query_tiles, threads, [&](index_t item, int t) {
-      const index_t tile = query_tiles - 1 - item / groups;  // last (heaviest causal) tiles first
-      engine::run_rows<Arch, DK, DV>(pb, block_of(item % groups, tile), keys, var, scratch_of(t),
+    parallel_for(plan.blocks(), threads, [&](index_t i, int t) {
+      engine::run_rows<Arch, DK, DV>(pb, plan.block(i), keys, var, scratch_of(t),
                                      [&](index_t, const engine::row_ctx& ctx, float* row, float l) {
                                        engine::finish_row<Arch>(var, ctx, row, l, dv, o, lse);
                                      });
@@ -119,14 +152,13 @@ void dense_forward(const view4<const float>& q, const view4<const KV>& k, const 
   }
 
   // Split-K: partial states laid out [batch, heads_q, seq_q, split] so each row merges in place.
-  parallel_for(groups * query_tiles * splits, threads, [&](index_t item, int t) {
+  parallel_for(plan.blocks() * splits, threads, [&](index_t item, int t) {
     const index_t s = item % splits;
-    const index_t rest = item / splits;
     engine::dense_keys<KV> part = keys;
     part.begin = s * split;
     part.end = part.begin + split;
     engine::run_rows<Arch, DK, DV>(
-        pb, block_of(rest % groups, rest / groups), part, var, scratch_of(t),
+        pb, plan.block(item / splits), part, var, scratch_of(t),
         [&](index_t, const engine::row_ctx& ctx, const float* row, float l) {
           float* dst =
               partial + (((ctx.batch * heads_q + ctx.head) * seq_q + ctx.query) * splits + s) *
@@ -143,7 +175,7 @@ void dense_forward(const view4<const float>& q, const view4<const KV>& k, const 
       engine::merge_state<Arch>(acc, acc_lse, st, st[dv], dv);
     }
     const index_t b = row / (heads_q * seq_q), h = (row / seq_q) % heads_q, i = row % seq_q;
-    engine::finish_row<Arch>(var, engine::row_ctx{b, h, i, length_of(b) - seq_q + i}, acc,
+    engine::finish_row<Arch>(var, engine::row_ctx{b, h, i, plan.length(b) - seq_q + i}, acc,
                              acc_lse, dv, o, lse);
   });
 }
