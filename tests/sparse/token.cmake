@@ -2,3 +2,4 @@
 # DHSA, HyperAttention).
 attend_add_test(test_sparse_gather SOURCES test_gather.cpp ARCHS ${KERNEL_ARCHS})
 attend_add_test(test_sparse_topk SOURCES test_topk.cpp ARCHS ${KERNEL_ARCHS})
+attend_add_test(test_sparse_select SOURCES test_select.cpp ARCHS ${KERNEL_ARCHS})

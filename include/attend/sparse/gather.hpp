@@ -160,7 +160,8 @@ struct gather_keys {
   template <class Mask, class Visit>
   void for_each_tile(const engine::row_block& rb, const Mask& mask,
                      const engine::tile_buffers<KV>& buf, Visit&& visit) const noexcept {
-    const auto [lo, hi] = mask.key_range(rb, 0, rows.length(rb.batch));
+    const auto range = mask.key_range(rb, 0, rows.length(rb.batch));
+    const index_t lo = range.first, hi = range.second;  // (lambdas cannot capture bindings)
     position_merge m{list, count, sink_end, win_lo, win_hi};
     m.start(lo, hi);
     for (index_t s = 0; s < skip; ++s)

@@ -18,11 +18,13 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "../../core/parallel.hpp"
 #include "../../core/workspace.hpp"
 #include "../../engine/flash.hpp"
+#include "../../engine/key_sources.hpp"
 #include "../../simd/exp.hpp"
 #include "../gather.hpp"
 #include "../token_lists.hpp"
@@ -178,15 +180,21 @@ void chunk_partials(const score_buffers& s, index_t b, index_t h0, index_t heads
   }
 }
 
-/// Scores every candidate key with the engine's score_tiles (no mask, no score hook): items are
-/// (batch, KV head, head chunk, key chunk); each loads its K rows once for its query heads.
+/// Scores every candidate key with the engine's score_tiles (no mask, no score hook). Items are
+/// (batch, KV heads, head chunk, key chunk): decode-shaped groups (a KV head's query heads fit
+/// half a register) put several KV heads in one block, so a [batch, seq, heads, dim] cache is
+/// streamed token by token (sequential rows); each block loads its K rows once for all its heads.
 template <class Arch, index_t DK, class KV, class Rows>
 void score_with_engine(const Rows& rows, const score_buffers& s, bool need_partials) {
   using scratch_t = engine::scratch<Arch, KV>;
   const index_t max_rows = engine::max_rows_for(s.dk, s.dk);
+  const bool dot = engine::uses_dot_kernel<Arch>(s.group);
+  const index_t kv_per_block =
+      dot ? std::min(s.heads_kv, max_rows / engine::dot_rows_padded(s.group)) : 1;
+  const index_t kv_chunks = (s.heads_kv + kv_per_block - 1) / kv_per_block;
   const index_t hpb = std::min(s.group, max_rows);
   const index_t head_chunks = (s.group + hpb - 1) / hpb;
-  const index_t items = s.batch * s.heads_kv * head_chunks * s.chunks;
+  const index_t items = s.batch * kv_chunks * head_chunks * s.chunks;
   const engine::problem<KV> pb{s.fingerprints(), s.scale, s.dk, s.dk};
   const engine::variant<> var{};
   attend::detail::parallel_for(items, attend::detail::max_threads(), [&](index_t item, int t) {
@@ -194,37 +202,56 @@ void score_with_engine(const Rows& rows, const score_buffers& s, bool need_parti
     index_t rest = item / s.chunks;
     const index_t hc = rest % head_chunks;
     rest /= head_chunks;
-    const index_t hk = rest % s.heads_kv, b = rest / s.heads_kv;
+    const index_t kc = rest % kv_chunks, b = rest / kv_chunks;
     engine::row_block rb;
     rb.batch = b;
-    rb.kv_head = hk;
+    rb.kv_head = kc * kv_per_block;
+    rb.kv_heads = std::min(kv_per_block, s.heads_kv - rb.kv_head);
     rb.group = s.group;
-    rb.head0 = hk * s.group + hc * hpb;
+    rb.head0 = rb.kv_head * s.group + hc * hpb;
     rb.heads = std::min(hpb, s.group - hc * hpb);
     rb.queries = 1;
     const index_t j0 = std::max(s.lo[b], c * s.chunk);
     const index_t j1 = std::min(s.hi[b], (c + 1) * s.chunk);
     if (j1 > j0) {
-      gather_keys<KV, Rows> keys;
-      keys.rows = rows;
-      keys.win_lo = j0;
-      keys.win_hi = j1;
       attend::detail::bump bp(s.engine + t * s.engine_stride);
       const scratch_t ws = scratch_t::carve(bp, max_rows, s.dk, s.dk);
-      float* const out = s.row(b, rb.head0);
-      const index_t n_rows = rb.heads;
-      engine::score_tiles<Arch, DK>(
-          pb, rb, keys, var, ws, [&](const engine::kv_tile<KV>& tile, const float* st, index_t ld) {
-            for (index_t j = 0; j < tile.count; ++j) {
-              const index_t p = tile.pos[j];
-              for (index_t r = 0; r < n_rows; ++r) {
-                const float x = st[j * ld + r];
-                out[r * s.ld + p] = x == x ? x : -std::numeric_limits<float>::infinity();
-              }
+      const index_t n_rows = rb.rows();
+      ATTEND_DCHECK(n_rows <= 128);
+      float* out[128];  // score row of each block row (max_rows at most)
+      for (index_t r = 0; r < n_rows; ++r) out[r] = s.row(b, rb.head_of(r));
+      auto on_tile = [&](const engine::kv_tile<KV>& tile, const float* st, index_t ld) {
+        const index_t n = tile.count, p0 = tile.pos[0];
+        if (tile.pos[n - 1] - p0 == n - 1) {  // consecutive keys: contiguous stores per row
+          for (index_t r = 0; r < n_rows; ++r) {
+            float* dst = out[r] + p0;
+            for (index_t j = 0; j < n; ++j) {
+              const float x = st[j * ld + r];
+              dst[j] = x == x ? x : -std::numeric_limits<float>::infinity();
             }
-          });
+          }
+          return;
+        }
+        for (index_t j = 0; j < n; ++j)
+          for (index_t r = 0; r < n_rows; ++r) {
+            const float x = st[j * ld + r];
+            out[r][tile.pos[j]] = x == x ? x : -std::numeric_limits<float>::infinity();
+          }
+      };
+      if constexpr (std::is_same_v<Rows, contiguous_rows<KV>>) {
+        const engine::dense_keys<KV> keys{rows.k, rows.k, rows.lens, j0, j1};
+        engine::score_tiles<Arch, DK>(pb, rb, keys, var, ws, on_tile);
+      } else {
+        gather_keys<KV, Rows> keys;
+        keys.rows = rows;
+        keys.win_lo = j0;
+        keys.win_hi = j1;
+        engine::score_tiles<Arch, DK>(pb, rb, keys, var, ws, on_tile);
+      }
     }
-    if (need_partials) chunk_partials<Arch>(s, b, rb.head0, rb.heads, c);
+    if (need_partials)
+      for (index_t g = 0; g < rb.kv_heads; ++g)
+        chunk_partials<Arch>(s, b, (rb.kv_head + g) * s.group + hc * hpb, rb.heads, c);
   });
 }
 
