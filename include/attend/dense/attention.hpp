@@ -10,6 +10,7 @@
 #include "../core/params.hpp"
 #include "../core/parallel.hpp"
 #include "../core/validate.hpp"
+#include "../engine/driver.hpp"
 #include "../engine/flash.hpp"
 #include "../engine/key_sources.hpp"
 #include "../engine/masks.hpp"
@@ -109,6 +110,31 @@ struct dense_blocks {
   }
 };
 
+/// The dense call as engine::drive's Blocks: dense_blocks' row blocks over the contiguous
+/// cache, each decode block cut into key splits of plan.split keys.
+template <class KV>
+struct dense_schedule {
+  using keys_type = engine::dense_keys<KV>;
+  dense_blocks plan;
+  keys_type keys;
+
+  index_t blocks() const noexcept { return plan.blocks(); }
+  index_t splits() const noexcept { return plan.splits; }
+  index_t max_rows() const noexcept { return plan.max_rows; }
+  index_t position(index_t batch, index_t query) const noexcept {
+    return plan.length(batch) - plan.seq_q + query;
+  }
+  bool setup(index_t block, index_t split, engine::row_block& rb, keys_type& k) const noexcept {
+    rb = plan.block(block);
+    k = keys;
+    if (plan.splits > 1) {
+      k.begin = split * plan.split;
+      k.end = k.begin + plan.split;
+    }
+    return true;
+  }
+};
+
 /// The dense driver behind attention() and every operator that is dense attention with other
 /// hooks (sinks, gates, calibration): q [batch, seq_q, heads_q, dk], k/v [batch, seq_k, heads_kv,
 /// dk/dv], o [batch, seq_q, heads_q, dv], lse optional [batch, heads_q, seq_q]. Inputs must be
@@ -118,66 +144,13 @@ template <class Arch, index_t DK, index_t DV, class KV, class Variant>
 void dense_forward(const view4<const float>& q, const view4<const KV>& k, const view4<const KV>& v,
                    const view4<float>& o, const view3<float>& lse, const index_t* kv_lens,
                    float scale, const Variant& var, workspace* user_scratch) {
-  using scratch_t = engine::scratch<Arch, KV>;
   const index_t dk = q.extent(3), dv = v.extent(3);
-  const auto plan = dense_blocks::plan<Arch>(q.extent(0), q.extent(1), q.extent(2), dk,
-                                             k.extent(1), k.extent(2), dv, kv_lens);
-  const index_t batch = plan.batch, seq_q = plan.seq_q, heads_q = plan.heads_q;
-  const index_t splits = plan.splits, split = plan.split, max_rows = plan.max_rows;
-
-  const int threads = max_threads();
-  const index_t per_thread = scratch_t::floats(max_rows, dk, dv);
-  const index_t partial_row = dv + 1;  // normalised o, then lse
-  const index_t partial_floats = splits > 1 ? batch * heads_q * seq_q * splits * partial_row : 0;
-  workspace local;
-  workspace& ws = user_scratch ? *user_scratch : local;
-  float* const base = ws.reserve(per_thread * threads + partial_floats);
-  float* const partial = base + per_thread * threads;
-
-  const engine::problem<KV> pb{q, scale, dk, dv};
-  const engine::dense_keys<KV> keys{k, v, kv_lens};
-  auto scratch_of = [&](int t) {
-    bump b(base + t * per_thread);
-    return scratch_t::carve(b, max_rows, dk, dv);
-  };
-
-  if (splits == 1) {
-    parallel_for(plan.blocks(), threads, [&](index_t i, int t) {
-      engine::run_rows<Arch, DK, DV>(pb, plan.block(i), keys, var, scratch_of(t),
-                                     [&](index_t, const engine::row_ctx& ctx, float* row, float l) {
-                                       engine::finish_row<Arch>(var, ctx, row, l, dv, o, lse);
-                                     });
-    });
-    return;
-  }
-
-  // Split-K: partial states laid out [batch, heads_q, seq_q, split] so each row merges in place.
-  parallel_for(plan.blocks() * splits, threads, [&](index_t item, int t) {
-    const index_t s = item % splits;
-    engine::dense_keys<KV> part = keys;
-    part.begin = s * split;
-    part.end = part.begin + split;
-    engine::run_rows<Arch, DK, DV>(
-        pb, plan.block(item / splits), part, var, scratch_of(t),
-        [&](index_t, const engine::row_ctx& ctx, const float* row, float l) {
-          float* dst =
-              partial + (((ctx.batch * heads_q + ctx.head) * seq_q + ctx.query) * splits + s) *
-                            partial_row;
-          std::copy(row, row + dv, dst);
-          dst[dv] = l;
-        });
-  });
-  parallel_for(batch * heads_q * seq_q, threads, [&](index_t row, int) {
-    float* acc = partial + row * splits * partial_row;
-    float acc_lse = acc[dv];
-    for (index_t s = 1; s < splits; ++s) {
-      const float* st = acc + s * partial_row;
-      engine::merge_state<Arch>(acc, acc_lse, st, st[dv], dv);
-    }
-    const index_t b = row / (heads_q * seq_q), h = (row / seq_q) % heads_q, i = row % seq_q;
-    engine::finish_row<Arch>(var, engine::row_ctx{b, h, i, plan.length(b) - seq_q + i}, acc,
-                             acc_lse, dv, o, lse);
-  });
+  const dense_schedule<KV> schedule{
+      dense_blocks::plan<Arch>(q.extent(0), q.extent(1), q.extent(2), dk, k.extent(1),
+                               k.extent(2), dv, kv_lens),
+      engine::dense_keys<KV>{k, v, kv_lens}};
+  engine::drive<Arch, DK, DV>(engine::problem<KV>{q, scale, dk, dv}, schedule, var, o, lse,
+                              user_scratch);
 }
 
 /// Checks every argument of attention() before any work; throws attend::invalid_argument.
