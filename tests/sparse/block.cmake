@@ -2,3 +2,5 @@
 # patterns, selectors, accuracy tools.
 attend_add_test(test_sparse_block_sparse SOURCES test_block_sparse.cpp
                 ARCHS ${KERNEL_ARCHS})
+attend_add_test(test_sparse_block_mask SOURCES test_block_mask.cpp)
+attend_add_test(test_sparse_patterns SOURCES test_patterns.cpp ARCHS ${KERNEL_ARCHS})

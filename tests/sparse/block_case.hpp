@@ -83,6 +83,23 @@ struct sparse_case {
     reference::attention(q.cview(), k.cview(), v.cview(), p, ref_o.view, ref_lse.view);
   }
 
+  /// Runs block_sparse_attention with (m, p, mod) and the oracle with the element mask
+  /// oracle(b, query head, i, j) written independently by the test.
+  template <class Mod, class Oracle>
+  void run_against(const sparse::block_mask& m, attention_params p, const Mod& mod,
+                   const Oracle& oracle) {
+    p.lse = lse.view;
+    sparse::block_sparse_attention(q.view, k.view, v.view, o.view, m, p, mod);
+    auto el = bool_tensor::make({batch, heads_q, seq_q, seq_k});
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t h = 0; h < heads_q; ++h)
+        for (index_t i = 0; i < seq_q; ++i)
+          for (index_t j = 0; j < seq_k; ++j) el.view(b, h, i, j) = oracle(b, h, i, j);
+    p.lse = {};
+    p.mask = el.cview();
+    reference::attention(q.cview(), k.cview(), v.cview(), p, ref_o.view, ref_lse.view);
+  }
+
   ::testing::AssertionResult matches() const {
     auto r = all_close(o.cview(), ref_o.cview(), tolerance<KV>::atol, tolerance<KV>::rtol);
     if (!r) return r << " (o)";

@@ -123,8 +123,8 @@ class block_mask {
     detail::check_geometry("attend::sparse::block_mask::from_predicate", g);
     block_mask m;
     m.g_ = g;
+    m.offsets_.assign(1, 0);
     m.offsets_.reserve(static_cast<std::size_t>(g.rows() + 1));
-    m.offsets_.push_back(0);
     for (index_t b = 0; b < g.batch; ++b)
       for (index_t h = 0; h < g.heads; ++h)
         for (index_t qb = 0; qb < g.q_blocks(); ++qb) {
