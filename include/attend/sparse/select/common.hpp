@@ -50,26 +50,33 @@ inline void argsort_desc(const float* values, index_t n, index_t* order) {
 /// The k largest entries of scores[0, n): their indices, ascending, written to out (room for
 /// min(k, n)); returns how many were written: min(k, number of selectable entries). Entries
 /// that are NaN or -inf are never chosen; ties go to the lower index. O(n) on average.
-inline index_t top_k(const float* scores, index_t n, index_t k, index_t* out) {
-  ATTEND_CHECK(n >= 0 && k >= 0, "select::top_k: n (", n, ") and k (", k, ") must be >= 0");
+/// `scratch` (room for n indices) avoids the allocation of the overload without it, for
+/// callers inside parallel loops. Never throws when n, k >= 0.
+inline index_t top_k(const float* scores, index_t n, index_t k, index_t* out,
+                     index_t* scratch) noexcept {
   index_t valid = 0;
   for (index_t i = 0; i < n; ++i) valid += detail::selectable(scores[i]) ? 1 : 0;
   k = std::min(k, valid);
-  if (k == 0) return 0;
+  if (k <= 0) return 0;
   if (k == valid) {  // every selectable entry
     index_t c = 0;
     for (index_t i = 0; i < n; ++i)
       if (detail::selectable(scores[i])) out[c++] = i;
     return c;
   }
-  std::vector<index_t> idx(static_cast<std::size_t>(n));
-  std::iota(idx.begin(), idx.end(), index_t{0});
-  std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(), [scores](index_t a, index_t b) {
+  std::iota(scratch, scratch + n, index_t{0});
+  std::nth_element(scratch, scratch + (k - 1), scratch + n, [scores](index_t a, index_t b) {
     return detail::ranks_before(scores[a], a, scores[b], b);
   });
-  std::copy(idx.begin(), idx.begin() + k, out);
+  std::copy(scratch, scratch + k, out);
   std::sort(out, out + k);
   return k;
+}
+
+inline index_t top_k(const float* scores, index_t n, index_t k, index_t* out) {
+  ATTEND_CHECK(n >= 0 && k >= 0, "select::top_k: n (", n, ") and k (", k, ") must be >= 0");
+  std::vector<index_t> scratch(static_cast<std::size_t>(n));
+  return top_k(scores, n, k, out, scratch.data());
 }
 
 /// top_k returning a vector (indices ascending).
