@@ -7,12 +7,16 @@
 // b_r = a_0 + ... + a_r (double; every exponent below is <= 0, the upper triangle is masked
 // before exp, nothing is cumulated over the sequence):
 //   inter  O   = diag(exp(b_r)) φ(Q) S                    [m x dk] . [dk x dv]
+//   state  S   = exp(b_{m-1}) S + (diag(exp(b_{m-1} - b_c)) φ(K))ᵀ V      [dk x m] . [m x dv]
 //   intra  A   = (φ(Q) φ(K)ᵀ) ⊙ D,  D_rc = exp(b_r - b_c) for c <= r, 0 above
 //          O  += A V                                      masked [m x m] . [m x dv]
-//   state  S   = exp(b_{m-1}) S + (diag(exp(b_{m-1} - b_c)) φ(K))ᵀ V
-// and the denominators d_r = exp(b_r) φ(q_r)·z + Σ_c A_rc, z likewise. With only a per-head λ
-// (or none) D is Toeplitz, λ^(r-c), read from one table per head. All four products run on the
-// register-blocked micro-kernel simd::gemm_micro.
+// and the denominators d_r = exp(b_r) φ(q_r)·z + Σ_c A_rc, z likewise. The inter product and
+// the state update run together, one column block of S at a time (the block stays in L1).
+// With only a per-head λ (or none) D is Toeplitz, λ^(r-c), read from one table per head. All
+// products run on the register-blocked micro-kernel simd::gemm_micro; q, k and v rows are
+// packed into contiguous tiles (the rows of one head are a power-of-two stride apart in a
+// [batch, seq, heads, dim] tensor, which maps a chunk onto a few cache sets) unless they are
+// already contiguous.
 #ifndef ATTEND_LINEAR_KERNEL_HPP_
 #define ATTEND_LINEAR_KERNEL_HPP_
 
@@ -150,7 +154,6 @@ inline constexpr index_t max_group = 4;
 template <class Arch>
 struct scratch {
   float* qp = nullptr;   // [C][dk]   φ(q) rows
-  float* qe = nullptr;   // [C][dk]   exp(b_r) φ(q_r) (decay only)
   float* kr = nullptr;   // [w][dk]   a few φ(k) rows before the transpose
   float* kt = nullptr;   // [dk][cp]  φ(k) transposed, columns past m zero
   float* kw = nullptr;   // [dk][cp]  φ(k)ᵀ weighted by exp(b_last - b_c) (decay only)
@@ -170,7 +173,6 @@ struct scratch {
     scratch s;
     const index_t c = pb.chunk, cp = pb.cp;
     s.qp = bm.take<float>(c * pb.dk);
-    s.qe = bm.take<float>(c * pb.dk);
     s.kr = bm.take<float>(std::max<index_t>(w, 8) * pb.dk);
     s.kt = bm.take<float>(pb.dk * cp);
     s.kw = bm.take<float>(pb.dk * cp);
@@ -305,57 +307,28 @@ inline void toeplitz_table(const problem& pb, float log_lambda, float* rev) noex
   std::fill(rev + c, rev + c + pb.cp, 0.0f);
 }
 
-/// Software prefetch, into L2, of the rows the next (head, chunk) unit will read and write. The
-/// rows of one head in a [batch, seq, heads, dim] tensor are heads * dim elements apart, a
-/// stride the hardware prefetchers do not follow, and every first touch of a row would wait
-/// for DRAM; the requests are spread over the current unit's compute (`run(n)` issues n rows)
-/// so that few are in flight at once.
-struct row_prefetch {
-  const char* base[4] = {};
-  index_t stride[4] = {};  // bytes between tokens
-  index_t bytes[4] = {};   // bytes per row
-  bool write[4] = {};
-  int tensors = 0;
-  index_t rows = 0, next = 0;  // units are (row, tensor) pairs
+/// Rows read ahead while packing: the rows of one head in a [batch, seq, heads, dim] tensor are
+/// heads * dim elements apart, a power-of-two stride that the hardware prefetchers do not follow
+/// and that maps a chunk's rows onto a few cache sets, so rows are requested a short distance
+/// ahead of their use (far enough to cover the miss, near enough not to be evicted first).
+inline constexpr index_t prefetch_rows_ahead = 8;
 
-  template <class T>
-  void add(const T* p, index_t token_stride, index_t elems, bool for_write) noexcept {
-    base[tensors] = reinterpret_cast<const char*>(p);
-    stride[tensors] = token_stride * static_cast<index_t>(sizeof(T));
-    bytes[tensors] = elems * static_cast<index_t>(sizeof(T));
-    write[tensors] = for_write;
-    ++tensors;
-  }
-  ATTEND_INLINE void run(index_t n) noexcept {
-    const index_t end = std::min(next + n, rows * tensors);
-    for (; next < end; ++next) {
-      const index_t r = next / tensors;
-      const int t = static_cast<int>(next % tensors);
-      const char* p = base[t] + r * stride[t];
-      for (index_t b = 0; b < bytes[t]; b += 64) {
-        if (write[t])
-          __builtin_prefetch(p + b, 1, 2);
-        else
-          __builtin_prefetch(p + b, 0, 2);
-      }
-    }
-  }
-  void finish() noexcept { run(rows * tensors); }
-};
+template <int Write = 0, class T>
+ATTEND_INLINE void prefetch_row(const T* p, index_t n) noexcept {
+  const char* c = reinterpret_cast<const char*>(p);
+  const index_t bytes = n * static_cast<index_t>(sizeof(T));
+  for (index_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, Write, 2);
+}
 
+/// Requests the first rows of the next chunk of one head (issued at the end of a chunk).
 template <class TQ, class TK, class TV>
-row_prefetch prefetch_of(const problem& pb, const head_io<TQ, TK, TV>& io, index_t t0, index_t t1,
-                         bool outputs) noexcept {
-  row_prefetch pf;
-  if (t1 <= t0) return pf;
-  pf.add(io.k + t0 * io.ks, io.ks, pb.dk, false);
-  pf.add(io.v + t0 * io.vs, io.vs, pb.dv, false);
-  if (outputs) {
-    pf.add(io.q + t0 * io.qs, io.qs, pb.dk, false);
-    pf.add(io.o + t0 * io.os, io.os, pb.dv, true);
+ATTEND_INLINE void prefetch_chunk_start(const problem& pb, const head_io<TQ, TK, TV>& io,
+                                        index_t t0, index_t t_end, bool outputs) noexcept {
+  for (index_t t = t0; t < std::min(t_end, t0 + prefetch_rows_ahead); ++t) {
+    prefetch_row(io.k + t * io.ks, pb.dk);
+    prefetch_row(io.v + t * io.vs, pb.dv);
+    if (outputs) prefetch_row(io.q + t * io.qs, pb.dk);
   }
-  pf.rows = t1 - t0;
-  return pf;
 }
 
 /// kt[d * cp + c] = φ(k_{t0+c})[d] for c < m (columns m..cp zero), through w x w register
@@ -367,7 +340,10 @@ ATTEND_INLINE void pack_kt(const problem& pb, const FM& phi, const TK* k, index_
   constexpr index_t tb = 8;  // rows per transpose block
   for (index_t c0 = 0; c0 < m; c0 += tb) {
     const index_t rows = std::min(tb, m - c0);
-    for (index_t c = 0; c < rows; ++c) map_row<Arch>(phi, k + (t0 + c0 + c) * ks, ws.kr + c * dk, dk);
+    for (index_t c = 0; c < rows; ++c) {
+      if (c0 + c + prefetch_rows_ahead < m) prefetch_row(k + (t0 + c0 + c + prefetch_rows_ahead) * ks, dk);
+      map_row<Arch>(phi, k + (t0 + c0 + c) * ks, ws.kr + c * dk, dk);
+    }
     index_t d0 = 0;
 #if defined(__AVX__)
     if (rows == tb)
@@ -405,6 +381,7 @@ ATTEND_INLINE void pack_v(const problem& pb, const TV* v, index_t vs, index_t t0
   constexpr index_t w = simd::lanes<Arch>;
   const index_t dv = pb.dv, dvp = pb.dvp;
   for (index_t c = 0; c < m; ++c) {
+    if (c + prefetch_rows_ahead < m) prefetch_row(v + (t0 + c + prefetch_rows_ahead) * vs, dv);
     const TV* src = v + (t0 + c) * vs;
     float* dst = ws.vp + c * dvp;
     index_t e = 0;
@@ -472,13 +449,24 @@ ATTEND_INLINE void add_values(const problem& pb, index_t m, float* sv, const flo
   }
 }
 
+/// Where a chunk's operands live: packed in scratch, or read in place from the caller's rows
+/// when those are contiguous (a [batch, heads, seq, dim] layout) and need no conversion (float
+/// q with the identity map, float v and o rows whose length is a SIMD multiple).
+struct chunk_operands {
+  const float* q = nullptr;  // φ(q) rows, stride lq
+  const float* v = nullptr;  // v rows, stride lv
+  float* o = nullptr;        // output numerators, stride lo
+  index_t lq = 0, lv = 0, lo = 0;
+};
+
 /// The state pass, one block of NR value registers at a time so the block of S stays in L1:
-/// with outputs, O[:, blk] += qa S[:, blk] first (the inter-chunk product, from the state
-/// before the chunk); then S[:, blk] = total S[:, blk] + kwᵀ V[:, blk].
+/// with outputs (x.o set), O[:, blk] = diag(ef) φ(Q) S[:, blk] first (the inter-chunk product,
+/// from the state before the chunk; ef = null: no decay); then S[:, blk] = total S[:, blk] +
+/// kwᵀ V[:, blk].
 template <class Arch>
-ATTEND_INLINE void state_pass(const problem& pb, index_t m, const float* qa, const float* kw,
-                              float total, const state_ptrs& st, const scratch<Arch>& ws,
-                              row_prefetch& pf) noexcept {
+ATTEND_INLINE void state_pass(const problem& pb, index_t m, const chunk_operands& x,
+                              const float* ef, const float* kw, float total,
+                              const state_ptrs& st) noexcept {
   using V = simd::vfloat<Arch>;
   constexpr index_t w = simd::lanes<Arch>;
   constexpr index_t nr = simd::tile_config<Arch>::nr;
@@ -486,16 +474,22 @@ ATTEND_INLINE void state_pass(const problem& pb, index_t m, const float* qa, con
   for (index_t c0 = 0; c0 < nvec; c0 += nr) {
     const index_t nb = std::min(nr, nvec - c0);
     float* sb = st.s + c0 * w;
-    if (qa != nullptr)
-      gemm_rm<Arch>(m, nb, dk, qa, dk, sb, dvp, ws.ot + c0 * w, dvp, true);
+    if (x.o != nullptr) {
+      float* ob = x.o + c0 * w;
+      gemm_rm<Arch>(m, nb, dk, x.q, x.lq, sb, dvp, ob, x.lo, false);
+      if (ef != nullptr)
+        for (index_t r = 0; r < m; ++r)
+          for (index_t j = 0; j < nb; ++j)
+            (V(ef[r]) * V::load_unaligned(ob + r * x.lo + j * w))
+                .store_unaligned(ob + r * x.lo + j * w);
+    }
     if (total != 1.0f) {
       const V tv(total);
       for (index_t d = 0; d < dk; ++d)
         for (index_t j = 0; j < nb; ++j)
           (tv * V::load_unaligned(sb + d * dvp + j * w)).store_unaligned(sb + d * dvp + j * w);
     }
-    gemm_rm<Arch>(dk, nb, m, kw, pb.cp, ws.vp + c0 * w, dvp, sb, dvp, true);
-    pf.run(8);
+    gemm_rm<Arch>(dk, nb, m, kw, pb.cp, x.v + c0 * w, x.lv, sb, dvp, true);
   }
 }
 
@@ -509,14 +503,30 @@ struct head_run {
   double total = 0.0;
 };
 
-/// One causal chunk of m tokens at t0 for one head (the algorithm of the file comment): outputs
-/// (when asked) from the state before the chunk, then the state update. n_before = tokens the
-/// state has absorbed before t0; rev = the head's Toeplitz table (ungated); pf = prefetches of
-/// the next unit, issued along the way. Returns the chunk's log decay.
+/// The value rows of a chunk: in place when contiguous float rows, else packed into ws.vp.
+template <class Arch, class TQ, class TK, class TV>
+ATTEND_INLINE void value_operand(const problem& pb, const head_io<TQ, TK, TV>& io, index_t t0,
+                                 index_t m, const scratch<Arch>& ws, chunk_operands& x) noexcept {
+  if constexpr (std::is_same_v<TV, float>) {
+    if (pb.dv == pb.dvp && io.vs == pb.dv) {
+      x.v = io.v + t0 * io.vs;
+      x.lv = io.vs;
+      return;
+    }
+  }
+  pack_v<Arch>(pb, io.v, io.vs, t0, m, ws);
+  x.v = ws.vp;
+  x.lv = pb.dvp;
+}
+
+/// One causal chunk of m tokens at t0 for one head (the algorithm of the file comment): the
+/// state pass (inter-chunk outputs from the state before the chunk, then the state update),
+/// then the intra-chunk outputs and the epilogue. n_before = tokens the state has absorbed
+/// before t0; rev = the head's Toeplitz table (ungated). Returns the chunk's log decay.
 template <class Arch, class FM, class TQ, class TK, class TV>
 double chunk_step(const problem& pb, const FM& phi, const head_io<TQ, TK, TV>& io, index_t t0,
                   index_t m, const state_ptrs& st, index_t n_before, bool outputs,
-                  const float* rev, const scratch<Arch>& ws, row_prefetch& pf) noexcept {
+                  const float* rev, const scratch<Arch>& ws) noexcept {
   using V = simd::vfloat<Arch>;
   using cfg = simd::tile_config<Arch>;
   constexpr index_t w = simd::lanes<Arch>;
@@ -525,37 +535,53 @@ double chunk_step(const problem& pb, const FM& phi, const head_io<TQ, TK, TV>& i
   const bool decays = gated || io.log_lambda != 0.0f;
   const double total = decays ? chunk_decay<Arch>(pb, io, t0, m, ws) : 0.0;
   const float chunk_decay_f = decays ? ws.ef[m - 1] : 1.0f;
+
+  chunk_operands x;
   pack_kt<Arch>(pb, phi, io.k, io.ks, t0, m, ws);
-  pack_v<Arch>(pb, io.v, io.vs, t0, m, ws);
-  pf.run(8);
+  value_operand<Arch>(pb, io, t0, m, ws, x);
   if (decays) weight_keys<Arch>(pb, m, ws);
   const float* kw = decays ? ws.kw : ws.kt;
   if (!outputs) {
-    if (pb.needs_sv()) add_values<Arch>(pb, m, st.sv, ws.vp);
+    if (pb.needs_sv())
+      for (index_t c = 0; c < m; ++c)
+        for (index_t e = 0; e < dvp; e += w)
+          (V::load_unaligned(st.sv + e) + V::load_unaligned(x.v + c * x.lv + e))
+              .store_unaligned(st.sv + e);
     if (pb.needs_z()) update_z<Arch>(pb, m, chunk_decay_f, kw, st.z);
-    state_pass<Arch>(pb, m, nullptr, kw, chunk_decay_f, st, ws, pf);
+    state_pass<Arch>(pb, m, x, nullptr, kw, chunk_decay_f, st);
     return total;
   }
-  for (index_t r = 0; r < m; ++r) map_row<Arch>(phi, io.q + (t0 + r) * io.qs, ws.qp + r * dk, dk);
-  const float* qa = ws.qp;  // the inter product's rows: exp(b_r) φ(q_r)
-  if (decays) {
+  bool q_in_place = false;
+  if constexpr (std::is_same_v<TQ, float> && std::is_same_v<FM, identity>) q_in_place = io.qs == dk;
+  if (q_in_place) {
+    x.q = reinterpret_cast<const float*>(io.q) + t0 * io.qs;
+    x.lq = io.qs;
+  } else {
     for (index_t r = 0; r < m; ++r) {
-      const V e(ws.ef[r]);
-      index_t d = 0;
-      for (; d + w <= dk; d += w)
-        (e * V::load_unaligned(ws.qp + r * dk + d)).store_unaligned(ws.qe + r * dk + d);
-      for (; d < dk; ++d) ws.qe[r * dk + d] = ws.ef[r] * ws.qp[r * dk + d];
+      if (r + prefetch_rows_ahead < m) prefetch_row(io.q + (t0 + r + prefetch_rows_ahead) * io.qs, dk);
+      map_row<Arch>(phi, io.q + (t0 + r) * io.qs, ws.qp + r * dk, dk);
     }
-    qa = ws.qe;
+    x.q = ws.qp;
+    x.lq = dk;
   }
+  const bool o_in_place = pb.dv == dvp && io.os == pb.dv;
+  x.o = o_in_place ? io.o + t0 * io.os : ws.ot;
+  x.lo = o_in_place ? io.os : dvp;
+  const float* ef = decays ? ws.ef : nullptr;
+  if (pb.needs_z()) {
+    for (index_t r = 0; r < m; ++r)
+      ws.den[r] = (decays ? ws.ef[r] : 1.0f) * dot<Arch>(x.q + r * x.lq, st.z, dk);
+    update_z<Arch>(pb, m, chunk_decay_f, kw, st.z);
+  }
+  state_pass<Arch>(pb, m, x, ef, kw, chunk_decay_f, st);
   // intra, one block of rows at a time: A = φ(Q) φ(K)ᵀ on the lower-triangular column blocks,
   // masked and decayed (before any exp, the upper triangle is -inf or a zero table entry),
-  // then O = A V over the keys c < r0 + rows.
+  // then O += A V over the keys c < r0 + rows.
   for (index_t r0 = 0; r0 < m; r0 += cfg::mr) {
     const index_t rows = std::min<index_t>(cfg::mr, m - r0);
     const index_t ncols = std::min(m, r0 + rows);
     const index_t nv = (ncols + w - 1) / w;
-    gemm_rm<Arch>(rows, nv, dk, ws.qp + r0 * dk, dk, ws.kt, cp, ws.at + r0 * cp, cp, false);
+    gemm_rm<Arch>(rows, nv, dk, x.q + r0 * x.lq, x.lq, ws.kt, cp, ws.at + r0 * cp, cp, false);
     for (index_t r = r0; r < r0 + rows; ++r) {
       float* arow = ws.at + r * cp;
       const float* fac;
@@ -569,29 +595,25 @@ double chunk_step(const problem& pb, const FM& phi, const head_io<TQ, TK, TV>& i
       }
       V sum(0.0f);
       for (index_t c = 0; c < nv * w; c += w) {
-        const V x = V::load_unaligned(arow + c) * V::load_unaligned(fac + c);
-        x.store_unaligned(arow + c);
-        sum += x;
+        const V a = V::load_unaligned(arow + c) * V::load_unaligned(fac + c);
+        a.store_unaligned(arow + c);
+        sum += a;
       }
-      ws.den[r] = simd::reduce_sum<Arch>(sum);
+      if (pb.needs_z()) ws.den[r] += simd::reduce_sum<Arch>(sum);
     }
-    gemm_rm<Arch>(rows, dvp / w, ncols, ws.at + r0 * cp, cp, ws.vp, dvp, ws.ot + r0 * dvp, dvp,
-                  false);
-    pf.run(4);
+    gemm_rm<Arch>(rows, dvp / w, ncols, ws.at + r0 * cp, cp, x.v, x.lv, x.o + r0 * x.lo, x.lo,
+                  true);
   }
-  if (pb.needs_z()) {
-    for (index_t r = 0; r < m; ++r) ws.den[r] += dot<Arch>(qa + r * dk, st.z, dk);
-    update_z<Arch>(pb, m, chunk_decay_f, kw, st.z);
-  }
-  state_pass<Arch>(pb, m, qa, kw, chunk_decay_f, st, ws, pf);
   // epilogue (mala: Σv runs through the chunk, inclusive of the current token)
   for (index_t r = 0; r < m; ++r) {
+    if (!o_in_place && r + prefetch_rows_ahead < m)
+      prefetch_row<1>(io.o + (t0 + r + prefetch_rows_ahead) * io.os, pb.dv);
     if (pb.needs_sv())
-      for (index_t c = 0; c < dvp; c += w)
-        (V::load_unaligned(st.sv + c) + V::load_unaligned(ws.vp + r * dvp + c))
-            .store_unaligned(st.sv + c);
-    finish_row<Arch>(pb, ws.ot + r * dvp, ws.den[r], static_cast<double>(n_before + r + 1), st.sv,
-                     io.o + (t0 + r) * io.os);
+      for (index_t e = 0; e < dvp; e += w)
+        (V::load_unaligned(st.sv + e) + V::load_unaligned(x.v + r * x.lv + e))
+            .store_unaligned(st.sv + e);
+    finish_row<Arch>(pb, x.o + r * x.lo, pb.needs_z() ? ws.den[r] : 0.0f,
+                     static_cast<double>(n_before + r + 1), st.sv, io.o + (t0 + r) * io.os);
   }
   return total;
 }
@@ -607,20 +629,17 @@ void run_causal(const problem& pb, const FM& phi, head_run<TQ, TK, TV>* runs, in
     if (runs[g].io.g == nullptr) toeplitz_table(pb, runs[g].io.log_lambda, ws.rev + g * table);
     runs[g].total = 0.0;
   }
-  row_prefetch first = prefetch_of(pb, runs[0].io, t_begin, std::min(t_end, t_begin + C), outputs);
-  first.finish();
+  prefetch_chunk_start(pb, runs[0].io, t_begin, t_end, outputs);
   for (index_t t0 = t_begin; t0 < t_end; t0 += C) {
     const index_t m = std::min(C, t_end - t0);
     for (index_t g = 0; g < count; ++g) {
-      // the next unit: the next head of this chunk, or the first head of the next chunk
-      row_prefetch pf = g + 1 < count
-                            ? prefetch_of(pb, runs[g + 1].io, t0, t0 + m, outputs)
-                            : prefetch_of(pb, runs[0].io, t0 + C, std::min(t_end, t0 + 2 * C),
-                                          outputs);
       runs[g].total += chunk_step<Arch>(pb, phi, runs[g].io, t0, m, runs[g].st,
                                         runs[g].n0 + (t0 - t_begin), outputs, ws.rev + g * table,
-                                        ws, pf);
-      pf.finish();
+                                        ws);
+      if (g + 1 < count)
+        prefetch_chunk_start(pb, runs[g + 1].io, t0, t_end, outputs);
+      else
+        prefetch_chunk_start(pb, runs[0].io, t0 + C, t_end, outputs);
     }
   }
 }
@@ -633,15 +652,17 @@ void absorb_keys(const problem& pb, const FM& phi, const head_run<TQ, TK, TV>* r
   for (index_t t0 = t_begin; t0 < t_end; t0 += pb.chunk) {
     const index_t m = std::min(pb.chunk, t_end - t0);
     for (index_t g = 0; g < count; ++g) {
-      row_prefetch pf = g + 1 < count ? prefetch_of(pb, runs[g + 1].io, t0, t0 + m, false)
-                                      : prefetch_of(pb, runs[0].io, t0 + pb.chunk,
-                                                    std::min(t_end, t0 + 2 * pb.chunk), false);
+      chunk_operands x;
       pack_kt<Arch>(pb, phi, runs[g].io.k, runs[g].io.ks, t0, m, ws);
-      pack_v<Arch>(pb, runs[g].io.v, runs[g].io.vs, t0, m, ws);
-      if (pb.needs_sv()) add_values<Arch>(pb, m, runs[g].st.sv, ws.vp);
+      value_operand<Arch>(pb, runs[g].io, t0, m, ws, x);
+      if (pb.needs_sv())
+        for (index_t c = 0; c < m; ++c)
+          for (index_t e = 0; e < pb.dvp; e += simd::lanes<Arch>)
+            (simd::vfloat<Arch>::load_unaligned(runs[g].st.sv + e) +
+             simd::vfloat<Arch>::load_unaligned(x.v + c * x.lv + e))
+                .store_unaligned(runs[g].st.sv + e);
       if (pb.needs_z()) update_z<Arch>(pb, m, 1.0f, ws.kt, runs[g].st.z);
-      state_pass<Arch>(pb, m, nullptr, ws.kt, 1.0f, runs[g].st, ws, pf);
-      pf.finish();
+      state_pass<Arch>(pb, m, x, nullptr, ws.kt, 1.0f, runs[g].st);
     }
   }
 }
@@ -658,7 +679,10 @@ void read_queries(const problem& pb, const FM& phi, const head_run<TQ, TK, TV>* 
     for (index_t g = 0; g < count; ++g) {
       const auto& io = runs[g].io;
       const state_ptrs& st = runs[g].st;
-      for (index_t r = 0; r < m; ++r) map_row<Arch>(phi, io.q + (t0 + r) * io.qs, ws.qp + r * dk, dk);
+      for (index_t r = 0; r < m; ++r) {
+        if (r + prefetch_rows_ahead < m) prefetch_row(io.q + (t0 + r + prefetch_rows_ahead) * io.qs, dk);
+        map_row<Arch>(phi, io.q + (t0 + r) * io.qs, ws.qp + r * dk, dk);
+      }
       gemm_rm<Arch>(m, dvp / w, dk, ws.qp, dk, st.s, dvp, ws.ot, dvp, false);
       for (index_t r = 0; r < m; ++r) {
         const float d = pb.needs_z() ? dot<Arch>(ws.qp + r * dk, st.z, dk) : 0.0f;
