@@ -4,3 +4,4 @@ attend_add_test(test_sparse_gather SOURCES test_gather.cpp ARCHS ${KERNEL_ARCHS}
 attend_add_test(test_sparse_topk SOURCES test_topk.cpp ARCHS ${KERNEL_ARCHS})
 attend_add_test(test_sparse_select SOURCES test_select.cpp ARCHS ${KERNEL_ARCHS})
 attend_add_test(test_sparse_hip SOURCES test_hip.cpp ARCHS ${KERNEL_ARCHS})
+attend_add_test(test_sparse_dhsa_hyper SOURCES test_dhsa_hyper.cpp ARCHS ${KERNEL_ARCHS})
