@@ -154,6 +154,11 @@ def markdown(rows, machine, meta):
                "measured by attend_bench at start-up in the same run.\n".format(
                    peak=fmt(machine["peak_gflops"]), bw=fmt(machine["read_gbps"]),
                    cpu=machine["cpu"], isa=machine["isa"], eigen=machine["eigen"], **meta))
+    if meta.get("busy"):
+        out.append("**The machine was busy: other processes used {others} of its CPU time "
+                   "during the run, so every row is slower than on an idle machine, the peak "
+                   "and bandwidth figures too. Re-run on an idle machine for representative "
+                   "numbers.**\n".format(**meta))
     out.append("| shape | system | median ms | GFLOP/s | GB/s (K+V) | % of FMA peak | "
                "% of read bw | × PyTorch SDPA |")
     out.append("|---|---|---|---|---|---|---|---|")
@@ -171,9 +176,9 @@ def markdown(rows, machine, meta):
                "their storage type (bf16 KV reads half the bytes of f32). Q and O are fp32 "
                "everywhere; PyTorch runs f32 K/V in [B, H, L, D] layout, attend [B, L, H, D]. "
                "attend and Eigen rows are attend_bench's medians; PyTorch rows are medians of "
-               "{reps} timed calls after a warm-up. {gqa} {check} Load average {load} (2 cores): "
-               "other processes slow every row down, so the rows of one shape are measured "
-               "back to back; compare within a shape rather than across runs.\n".format(**meta))
+               "{reps} timed calls after a warm-up. {gqa} {check} Other processes used {others} "
+               "of the CPU time during the run; the rows of one shape are measured back to "
+               "back.\n".format(**meta))
     out.append("![GFLOP/s and GB/s per shape and system](compare.png)\n")
     return "\n".join(out)
 
@@ -375,6 +380,31 @@ def cpu_description(bench_cpu):
     return "{} ({})".format(bench_cpu, extra) if extra else bench_cpu
 
 
+def cpu_usage():
+    """(wall seconds, CPU seconds busy on the whole machine, CPU seconds of this process and its
+    finished children), from /proc/stat and os.times()."""
+    busy = float("nan")
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal: all but idle and iowait are busy.
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    t = os.times()
+    return time.time(), busy, t.user + t.system + t.children_user + t.children_system
+
+
+def others_share(before, after):
+    """Share of the machine's CPU time that other processes used between two cpu_usage()."""
+    wall = after[0] - before[0]
+    others = (after[1] - before[1]) - (after[2] - before[2])
+    share = others / (wall * (os.cpu_count() or 1)) if wall > 0 else float("nan")
+    if math.isnan(share):
+        return {"others": "an unknown share", "busy": False}
+    return {"others": "{:.0f} %".format(100 * max(0.0, share)), "busy": share > 0.1}
+
+
 def git_commit():
     try:
         return subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
@@ -456,11 +486,18 @@ def self_test():
     check(abs(d2["pct_bw"] - 100 * d2["gbps"] / 40.0) < 1e-9, "% of bandwidth")
     meta = {"date": "2000-01-01", "threads": 2, "commit": "abc", "torch": "2.x",
             "sdpa_backend": "flash", "reps": 5, "gqa": "", "check": "", "shapes": ["P1", "D2"],
-            "load": "0"}
+            "others": "0 %"}
     md = markdown(rows, machine, meta)
     check("| P1 | attend f32 | 344 | 100 | – | 50 |  | 2.00 |" in md, "P1 row in the table")
     check("| D2 | attend bf16 KV | 2 |" in md and "compare.png" in md, "D2 row and plot link")
     check(md.count("\n| ") == 1 + len(rows), "one table line per row")
+    check("busy" not in md and "busy" in markdown(rows, machine, dict(meta, busy=True)),
+          "busy-machine warning only when busy")
+    t0 = (0.0, 100.0, 10.0)
+    check(others_share(t0, (10.0, 110.0, 20.0))["busy"] is False, "idle machine")
+    check(others_share(t0, (10.0, 120.0, 10.0)) ==
+          {"others": "{:.0f} %".format(100 * 20 / (10 * (os.cpu_count() or 1))),
+           "busy": 20 / (10 * (os.cpu_count() or 1)) > 0.1}, "share of other processes")
     try:
         import matplotlib  # noqa: F401
         have_mpl = True
@@ -502,7 +539,7 @@ def main():
     shapes = sorted(set(shapes), key=list(SHAPES).index)
 
     start = time.time()
-    load = os.getloadavg()[0]
+    usage = cpu_usage()
     # Shape by shape, attend_bench then PyTorch, so that the systems compared on one shape are
     # measured close together in time on a machine whose load may change. Each attend_bench
     # start measures the peak and bandwidth again; the best of those measurements is kept.
@@ -521,7 +558,7 @@ def main():
     meta = dict(torch_notes(seen), date=datetime.date.today().isoformat(), threads=args.threads,
                 commit=git_commit(), reps=args.reps, shapes=shapes,
                 python=platform.python_version(),
-                load="{:.1f} at the start, {:.1f} at the end".format(load, os.getloadavg()[0]))
+                **others_share(usage, cpu_usage()))
     rows = make_rows(shapes, times, machine)
     write_outputs(rows, machine, meta, args.out, args.update_docs)
     print("compare: done in {:.0f} s".format(time.time() - start))
