@@ -221,8 +221,10 @@ def plot(rows, machine, meta, path):
                            [r[key] for r in rows if r["shape"] in shapes and r[key]]) * 1.18)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="upper left")
-    fig.suptitle("attend vs peers, {} threads, {} ({})".format(
-        machine["threads"], machine["cpu"], meta["date"]), fontsize=10)
+    fig.suptitle("attend vs peers, {} threads, {} ({}){}".format(
+        machine["threads"], machine["cpu"], meta["date"],
+        "\nbusy machine: other processes used {} of the CPU time".format(meta["others"])
+        if meta.get("busy") else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -527,9 +529,16 @@ def main():
     ap.add_argument("--update-docs", action="store_true",
                     help="also copy compare.md and compare.png to docs/")
     ap.add_argument("--self-test", action="store_true", help="check this script; no benchmarks")
+    ap.add_argument("--replot", metavar="JSON",
+                    help="redraw the table and plot from a compare.json; no benchmarks")
     args = ap.parse_args()
     if args.self_test:
         return self_test()
+    if args.replot:
+        with open(args.replot) as f:
+            saved = json.load(f)
+        write_outputs(saved["rows"], saved["machine"], saved["meta"], args.out, args.update_docs)
+        return 0
 
     shapes = args.shapes.split(",") if args.shapes else DEFAULT_SHAPES + (
         ["P3"] if args.with_p3 else [])

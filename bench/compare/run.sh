@@ -14,10 +14,12 @@ cd "$(dirname "$0")/../.."
 venv=${ATTEND_COMPARE_VENV:-build/compare-venv}
 
 if ! "$venv/bin/python" -c "import torch, numpy, matplotlib" 2>/dev/null; then
-  if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
-    scripts/deps.sh python3-venv python3-pip
+  echo "compare: installing numpy, matplotlib and torch into $venv (first run only)"
+  if ! python3 -m venv "$venv" 2>/dev/null; then  # Debian's python3 needs python3-venv for it
+    rm -rf "$venv"
+    scripts/deps.sh python3-venv
+    python3 -m venv "$venv"
   fi
-  python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q numpy matplotlib
   # The CPU-only wheel from PyTorch's own index when it is reachable, else PyPI's torch.
