@@ -82,6 +82,7 @@ inline float half_bits_to_float(std::uint16_t h) noexcept {
 
 }  // namespace detail
 
+/// Exact widening of a storage value to float (identity for float).
 inline float to_float(float x) noexcept { return x; }
 inline float to_float(bf16 x) noexcept {
   return detail::bits_float(static_cast<std::uint32_t>(x.bits) << 16);
@@ -111,6 +112,7 @@ inline T from_float(float f) noexcept {
   }
 }
 
+/// True for the K/V storage types the kernels accept: float, bf16, fp16.
 template <class T>
 inline constexpr bool is_storage_type_v =
     std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, fp16>;

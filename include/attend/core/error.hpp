@@ -16,7 +16,8 @@
 namespace attend {
 
 /// Thrown for invalid shapes, strides, lengths or parameters. The message names the function,
-/// the argument and the offending sizes.
+/// the argument and the offending sizes. With ATTEND_NO_EXCEPTIONS defined the message is
+/// printed to stderr and the process aborts instead.
 class invalid_argument : public std::invalid_argument {
  public:
   using std::invalid_argument::invalid_argument;

@@ -14,6 +14,9 @@
 
 namespace attend {
 
+/// A non-owning view of Rank-dimensional data of type T (const T for read-only views): element
+/// (i0, ..., i{Rank-1}) lives at data()[i0 * stride(0) + ... ], strides counted in elements, not
+/// bytes. Copying a view is cheap; nothing is checked on access (operators validate once).
 template <class T, std::size_t Rank>
 class tensor_view {
   static_assert(Rank >= 1, "tensor_view needs at least one axis");
@@ -27,6 +30,7 @@ class tensor_view {
   /// An empty view (null data, all extents 0): the "absent" value of optional arguments.
   constexpr tensor_view() noexcept = default;
 
+  /// View over data with the given extents and strides (in elements).
   constexpr tensor_view(T* data, const extents_type& extents, const extents_type& strides) noexcept
       : data_(data), extents_(extents), strides_(strides) {}
 
@@ -63,6 +67,7 @@ class tensor_view {
   /// True when the view refers to memory (non-null data). Optional arguments test this.
   constexpr bool has_value() const noexcept { return data_ != nullptr; }
 
+  /// Offset in elements of an element from data().
   template <class... I>
   constexpr index_t offset(I... idx) const noexcept {
     static_assert(sizeof...(I) == Rank, "one index per axis");
@@ -108,7 +113,8 @@ class tensor_view {
     return true;
   }
 
-  /// The sub-view [begin, begin + count) along `axis`, other axes unchanged.
+  /// The sub-view [begin, begin + count) along `axis`, other axes unchanged. Unchecked: the
+  /// caller keeps begin + count <= extent(axis).
   constexpr tensor_view narrow(std::size_t axis, index_t begin, index_t count) const noexcept {
     extents_type e = extents_;
     e[axis] = count;
@@ -128,6 +134,7 @@ class tensor_view {
   extents_type strides_{};
 };
 
+/// Shorthands for the ranks operators use.
 template <class T>
 using view1 = tensor_view<T, 1>;
 template <class T>
@@ -168,6 +175,7 @@ constexpr tensor_view<T, 4> bshd_cache(T* data, index_t batch, index_t capacity,
   return bshd(data, batch, capacity, heads, dim).narrow(1, 0, length);
 }
 
+/// The q, k and v views of one fused projection buffer (see fused_qkv).
 template <class T>
 struct qkv_views {
   tensor_view<T, 4> q, k, v;

@@ -13,9 +13,12 @@
 
 namespace attend {
 
+/// Reusable, growable scratch buffer (64-byte aligned floats) that operators carve their
+/// per-thread tile buffers from. Sizes are in floats.
 class workspace {
  public:
   workspace() = default;
+  /// Pre-allocates `floats` floats.
   explicit workspace(index_t floats) { reserve(floats); }
 
   /// Returns at least `floats` floats, 64-byte aligned; grows (and discards contents) if needed.
@@ -30,6 +33,7 @@ class workspace {
     return buffer_.get();
   }
 
+  /// Floats currently allocated.
   index_t capacity() const noexcept { return capacity_; }
 
  private:

@@ -19,7 +19,8 @@ namespace attend {
 /// \param o [batch, seq, heads, dv] result; may be exactly o_a or o_b (in place), otherwise must
 ///        not overlap them
 /// \param lse [batch, heads, seq] result; may be exactly lse_a or lse_b
-/// Rows empty in both inputs give o = 0 and lse = -inf.
+/// Rows empty in both inputs give o = 0 and lse = -inf. Threads (OpenMP) over rows for large
+/// inputs. Throws attend::invalid_argument on mismatched extents or overlapping outputs.
 inline void merge_states(const view4<const float>& o_a, const view3<const float>& lse_a,
                          const view4<const float>& o_b, const view3<const float>& lse_b,
                          const view4<float>& o, const view3<float>& lse) {

@@ -21,6 +21,8 @@
 
 namespace attend::engine {
 
+/// How a KV tile relates to a row block's mask: no visible key (never loaded), some (the
+/// element predicate runs), all (no predicate).
 enum class tile_kind : std::uint8_t { empty, partial, full };
 
 /// The query rows processed together. A block covers KV heads [kv_head, kv_head + kv_heads);
@@ -99,6 +101,13 @@ struct no_score_mod {
   static constexpr bool is_identity = true;
 };
 
+/// Mask protocol (a non-identity mask provides):
+///   std::pair<index_t, index_t> key_range(const row_block&, index_t lo, index_t hi) const;
+///       clips the half-open key range [lo, hi) a block may see (nothing outside is visited)
+///   tile_kind classify(const row_block&, index_t kmin, index_t kmax) const;
+///       the kind of a tile whose keys lie in the closed range [kmin, kmax]
+///   bool keep(const row_block&, index_t head, index_t query, index_t qpos, index_t kpos) const;
+///       the element predicate (only on partial tiles)
 /// Every key of the tile source is visible: every tile is full.
 struct no_mask {
   static constexpr bool is_identity = true;
@@ -109,15 +118,21 @@ struct no_mask {
   bool keep(const row_block&, index_t, index_t, index_t, index_t) const noexcept { return true; }
 };
 
+/// Row modifier protocol: float logit(index_t head) const, a sink logit joined once per row at
+/// finalisation (-inf = none).
 struct no_sink {
   static constexpr bool is_identity = true;
   float logit(index_t) const noexcept { return -std::numeric_limits<float>::infinity(); }
 };
 
+/// Output hook protocol: void apply(const row_ctx&, float* o, float lse, index_t dv) const,
+/// rewriting a finished, normalised output row (after the sink) before it is stored.
 struct no_output_mod {
   static constexpr bool is_identity = true;
 };
 
+/// Key transform protocol: void apply(float* k, index_t dk, index_t pos, index_t kv_head) const,
+/// rewriting a key row (widened to float) on load, at its position (RoPE on read).
 struct no_key_transform {
   static constexpr bool is_identity = true;
 };
@@ -150,6 +165,7 @@ struct variant {
   RowStats stats{};
 };
 
+/// Builds a variant from its hooks (later ones defaulted).
 template <class ScoreMod, class Mask, class RowMod = no_sink, class OutputMod = no_output_mod,
           class KeyTransform = no_key_transform, class RowStats = no_row_stats>
 variant<ScoreMod, Mask, RowMod, OutputMod, KeyTransform, RowStats> make_variant(

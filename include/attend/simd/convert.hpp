@@ -113,8 +113,8 @@ ATTEND_INLINE void store(T* p, vfloat<Arch> x) noexcept {
 
 namespace attend {
 
-/// Converts n elements between storage types (float <-> bf16 / fp16, or a copy), vectorised for
-/// the compile target. src and dst must not overlap.
+/// Converts n >= 0 elements between storage types (float <-> bf16 / fp16, or a copy),
+/// vectorised for the compile target. src and dst must not overlap; nothing is validated.
 template <class To, class From, class Arch = xsimd::default_arch>
 void convert(const From* ATTEND_RESTRICT src, To* ATTEND_RESTRICT dst, index_t n) noexcept {
   static_assert(is_storage_type_v<From> && is_storage_type_v<To>);

@@ -52,6 +52,7 @@ inline constexpr float exp_hi = 88.72283905f;   // ln(FLT_MAX)
 
 }  // namespace detail
 
+/// Vectorised exp: 2 ulp, exact specials (see the file comment).
 template <class Arch>
 ATTEND_INLINE vfloat<Arch> exp(vfloat<Arch> x) noexcept {
   using V = vfloat<Arch>;

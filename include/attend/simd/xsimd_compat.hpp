@@ -16,6 +16,7 @@
 
 namespace attend::simd {
 
+/// Registers of float / int32 / uint32 lanes for an xsimd architecture tag.
 template <class Arch>
 using vfloat = xsimd::batch<float, Arch>;
 template <class Arch>
@@ -27,6 +28,7 @@ using vuint = xsimd::batch<std::uint32_t, Arch>;
 template <class Arch>
 inline constexpr index_t lanes = static_cast<index_t>(vfloat<Arch>::size);
 
+/// Instruction-set tests on an architecture tag (compile time).
 template <class Arch>
 inline constexpr bool is_avx512 = std::is_base_of_v<xsimd::avx512f, Arch>;
 template <class Arch>
