@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
     for (index_t c = 0; c < d; ++c) q[i * d + c] = 0.3f * q[i * d + c] + 4.0f * u[c];
   const index_t planted[] = {0, n / 5, n / 2};
   for (index_t j : planted)
-    for (index_t c = 0; c < d; ++c) k[j * d + c] = 8.0f * u[c] + 0.1f * k[j * d + c];
+    for (index_t c = 0; c < d; ++c) k[j * d + c] = 10.0f * u[c] + 0.1f * k[j * d + c];
   const auto qv = bshd(q.data(), 1, cap, hq, d);
   const auto kv = bshd(k.data(), 1, cap, hkv, d);
   const auto vv = bshd(v.data(), 1, cap, hkv, d);
@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
   for (index_t h = 0; h < hq; ++h)
     std::printf("  head %ld: mean entropy %.3f nats (uniform over the prefix ~ %.3f), mass on the "
                 "first 4 tokens %.3f\n",
-                long(h), mean_entropy[h], std::log(double(n) / 2.0), mean_first[h]);
+                long(h), mean_entropy[h], std::log(double(n)) - 1.0, mean_first[h]);
 
   // 2. Detection: mean attention received above tau; the first sink (the BOS) is kept.
   const sink::sink_sets sets = sink::detect_sinks(s.col_mean, {}, act.tau, act.drop_first);

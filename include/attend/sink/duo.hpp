@@ -3,10 +3,11 @@
 // a recent window, mask j <= i and (j < sink or i - j < recent), deploy defaults 64 / 256).
 // Positions are the original ones (RoPE applied before caching, never re-indexed).
 //
-// One call runs both kinds. Dispatch is per row block, never per element: the KV heads are cut
-// into runs of one kind and each run is the dense driver with that kind's mask (full causal, or
-// sink + window whose gap tiles are classified empty and never loaded), so a streaming head
-// reads sink + recent keys whatever the cache length and no inner loop branches on the kind.
+// One call runs both kinds in one parallel region. Dispatch is per row block, never per element:
+// the KV heads are cut into runs of one kind, each run gets the dense driver's row blocks (and
+// decode key splits) with that kind's mask (full causal, or sink + window whose gap tiles are
+// classified empty and never loaded), so a streaming head reads sink + recent keys whatever the
+// cache length and no inner loop branches on the kind.
 // The head classification helpers turn trained gate values alpha into kinds as the reference's
 // sparsify_attention_heads does (threshold, or a target sparsity quantile).
 #ifndef ATTEND_SINK_DUO_HPP_
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "forward.hpp"
@@ -145,41 +147,150 @@ duo_report duo_account(const view4<const float>& q, const view4<const KV>& k,
   return r;
 }
 
+/// The score modifier of (narrowed) options as the type Score chosen for the whole call.
+template <class Score>
+Score score_of(const attention_params& p) {
+  if constexpr (std::is_same_v<Score, engine::standard_score_mod>)
+    return attend::detail::make_score_mod(p);
+  else
+    return Score{};
+}
+
+/// One parallel region for every kind: the KV heads are cut into runs of one kind; each run has
+/// the dense driver's row blocks (and, for decode, its key splits) and its own variant, chosen
+/// per row block. Retrieval runs' (heavy) items come first. Split-K partial states of all runs
+/// are merged in one more region, in split order, as the dense driver does.
+template <class Arch, index_t DK, index_t DV, class KV, class Score>
+void duo_forward(const view4<const float>& q, const view4<const KV>& k, const view4<const KV>& v,
+                 const view4<float>& o, const attention_params& p, const duo_params& d) {
+  using scratch_t = engine::scratch<Arch, KV>;
+  const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
+  const index_t dk = q.extent(3), seq_k = k.extent(1), heads_kv = k.extent(2), dv = v.extent(3);
+  const index_t group = heads_q / heads_kv;
+  const float scale = attend::detail::resolve_scale(p, dk);
+  const index_t* lens = p.kv_lens.has_value() ? p.kv_lens.data() : nullptr;
+  const index_t max_rows = engine::max_rows_for(dk, dv);
+  const index_t split = attend::detail::decode_split_length(seq_q, seq_k);
+  const index_t splits = split ? (seq_k + split - 1) / split : 1;
+
+  struct run {
+    index_t h0 = 0, n = 0;
+    bool streaming = false;
+    attention_params p;
+    block_geometry geo;
+    index_t first = 0, items = 0;
+  };
+  std::vector<run> runs;
+  for (int kind = 0; kind < 2; ++kind)  // retrieval runs first
+    for (index_t h0 = 0; h0 < heads_kv;) {
+      const bool streaming = d.streaming(h0) != 0;
+      index_t h1 = h0 + 1;
+      while (h1 < heads_kv && (d.streaming(h1) != 0) == streaming) ++h1;
+      if (streaming == (kind == 1)) {
+        run r;
+        r.h0 = h0;
+        r.n = h1 - h0;
+        r.streaming = streaming;
+        r.p = params_for_heads(p, h0 * group, r.n * group);
+        r.geo = block_geometry::make<Arch>(batch, seq_q, r.n * group, r.n, max_rows);
+        r.first = runs.empty() ? 0 : runs.back().first + runs.back().items;
+        r.items = r.geo.groups * r.geo.query_tiles * splits;
+        runs.push_back(r);
+      }
+      h0 = h1;
+    }
+  using full_var = decltype(engine::make_variant(Score{}, engine::standard_mask{},
+                                                 engine::sink_logits{}));
+  using stream_var = decltype(engine::make_variant(
+      Score{}, intersect(sink_window_mask{}, engine::standard_mask{}), engine::sink_logits{}));
+  std::vector<full_var> full;
+  std::vector<stream_var> stream;
+  for (const run& r : runs) {
+    const Score score = score_of<Score>(r.p);
+    const engine::standard_mask mask = attend::detail::make_mask(r.p);
+    const engine::sink_logits sink{r.p.sinks.has_value() ? r.p.sinks.data() : nullptr};
+    full.push_back(engine::make_variant(score, mask, sink));
+    stream.push_back(
+        engine::make_variant(score, intersect(sink_window_mask{d.sink, d.recent}, mask), sink));
+  }
+  const index_t items = runs.back().first + runs.back().items;
+
+  const int threads = attend::detail::max_threads();
+  const index_t per_thread = scratch_t::floats(max_rows, dk, dv);
+  const index_t partial_row = dv + 1;
+  const index_t partial_floats = splits > 1 ? batch * heads_q * seq_q * splits * partial_row : 0;
+  workspace local;
+  workspace& ws = p.scratch ? *p.scratch : local;
+  float* const base = ws.reserve(per_thread * threads + partial_floats);
+  float* const partial = base + per_thread * threads;
+  auto length_of = [&](index_t b) { return lens ? lens[b] : seq_k; };
+
+  attend::detail::parallel_for(items, threads, [&](index_t item, int t) {
+    std::size_t ri = 0;
+    while (item >= runs[ri].first + runs[ri].items) ++ri;
+    const run& r = runs[ri];
+    const index_t local = item - r.first;
+    const index_t s = local % splits, rest = local / splits;
+    const index_t g = rest % r.geo.groups;
+    const index_t tile = r.geo.query_tiles - 1 - rest / r.geo.groups;  // heaviest causal first
+    const auto qn = q.narrow(2, r.h0 * group, r.n * group);
+    const auto on = o.narrow(2, r.h0 * group, r.n * group);
+    const engine::problem<KV> pb{qn, scale, dk, dv};
+    engine::dense_keys<KV> keys{k.narrow(2, r.h0, r.n), v.narrow(2, r.h0, r.n), lens};
+    if (splits > 1) {
+      keys.begin = s * split;
+      keys.end = keys.begin + split;
+    }
+    const engine::row_block rb =
+        r.geo.block(g, tile, length_of(g / (r.geo.kv_chunks * r.geo.head_chunks)));
+    attend::detail::bump carve(base + t * per_thread);
+    const scratch_t sc = scratch_t::carve(carve, max_rows, dk, dv);
+    auto go = [&](const auto& var) {
+      engine::run_rows<Arch, DK, DV>(
+          pb, rb, keys, var, sc, [&](index_t, const engine::row_ctx& ctx, float* row, float l) {
+            if (splits == 1) {
+              engine::finish_row<Arch>(var, ctx, row, l, dv, on, r.p.lse);
+              return;
+            }
+            const index_t h = r.h0 * group + ctx.head;
+            float* dst =
+                partial + (((ctx.batch * heads_q + h) * seq_q + ctx.query) * splits + s) * partial_row;
+            std::copy(row, row + dv, dst);
+            dst[dv] = l;
+          });
+    };
+    if (r.streaming)
+      go(stream[ri]);
+    else
+      go(full[ri]);
+  });
+  if (splits == 1) return;
+  const full_var whole = engine::make_variant(
+      score_of<Score>(p), attend::detail::make_mask(p),
+      engine::sink_logits{p.sinks.has_value() ? p.sinks.data() : nullptr});
+  attend::detail::parallel_for(batch * heads_q * seq_q, threads, [&](index_t row, int) {
+    float* acc = partial + row * splits * partial_row;
+    float acc_lse = acc[dv];
+    for (index_t s = 1; s < splits; ++s) {
+      const float* st = acc + s * partial_row;
+      engine::merge_state<Arch>(acc, acc_lse, st, st[dv], dv);
+    }
+    const index_t b = row / (heads_q * seq_q), h = (row / seq_q) % heads_q, i = row % seq_q;
+    engine::finish_row<Arch>(whole, engine::row_ctx{b, h, i, length_of(b) - seq_q + i}, acc,
+                             acc_lse, dv, o, p.lse);
+  });
+}
+
 template <class Arch, class KV>
 void duo_dispatch(const view4<const float>& q, const view4<const KV>& k, const view4<const KV>& v,
                   const view4<float>& o, const attention_params& p, const duo_params& d) {
-  const index_t heads_kv = k.extent(2), group = q.extent(2) / heads_kv;
-  const float scale = attend::detail::resolve_scale(p, q.extent(3));
-  const index_t* lens = p.kv_lens.has_value() ? p.kv_lens.data() : nullptr;
-  for (index_t h0 = 0; h0 < heads_kv;) {  // runs of KV heads of one kind
-    const bool streaming = d.streaming(h0) != 0;
-    index_t h1 = h0 + 1;
-    while (h1 < heads_kv && (d.streaming(h1) != 0) == streaming) ++h1;
-    const index_t n = h1 - h0;
-    const attention_params pp = params_for_heads(p, h0 * group, n * group);
-    const auto qn = q.narrow(2, h0 * group, n * group);
-    const auto kn = k.narrow(2, h0, n);
-    const auto vn = v.narrow(2, h0, n);
-    const auto on = o.narrow(2, h0 * group, n * group);
-    const engine::standard_mask mask = attend::detail::make_mask(pp);
-    const engine::sink_logits sink{pp.sinks.has_value() ? pp.sinks.data() : nullptr};
-    attend::detail::dispatch_head_dims(q.extent(3), v.extent(3), [&](auto kdk, auto kdv) {
-      constexpr index_t DK = decltype(kdk)::value, DV = decltype(kdv)::value;
-      with_score_mod(pp, [&](auto score) {
-        if (streaming) {
-          const auto var =
-              engine::make_variant(score, intersect(sink_window_mask{d.sink, d.recent}, mask), sink);
-          attend::detail::dense_forward<Arch, DK, DV>(qn, kn, vn, on, pp.lse, lens, scale, var,
-                                                      p.scratch);
-        } else {
-          attend::detail::dense_forward<Arch, DK, DV>(
-              qn, kn, vn, on, pp.lse, lens, scale, engine::make_variant(score, mask, sink),
-              p.scratch);
-        }
-      });
-    });
-    h0 = h1;
-  }
+  attend::detail::dispatch_head_dims(q.extent(3), v.extent(3), [&](auto kdk, auto kdv) {
+    constexpr index_t DK = decltype(kdk)::value, DV = decltype(kdv)::value;
+    if (attend::detail::has_score_mod(p))
+      duo_forward<Arch, DK, DV, KV, engine::standard_score_mod>(q, k, v, o, p, d);
+    else
+      duo_forward<Arch, DK, DV, KV, engine::no_score_mod>(q, k, v, o, p, d);
+  });
 }
 
 }  // namespace detail
