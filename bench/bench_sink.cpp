@@ -85,8 +85,9 @@ void run_logits(benchmark::State& st, const shape& s) {
   for (index_t h = 0; h < s.heads_q; ++h) sinks[h] = 0.25f * float(h % 8);
   attention_params ps = p;
   ps.sinks = make_view<const float>(sinks.data(), s.heads_q);
-  const auto t = time_pair(st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); },
-                           [&] { attention(pb.q, pb.k, pb.v, pb.o, ps); });
+  const auto t = time_pair(
+      st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); },
+      [&] { attention(pb.q, pb.k, pb.v, pb.o, ps); });
   report(st, t, pb.flops());
 }
 
@@ -96,11 +97,12 @@ void run_gate(benchmark::State& st, const shape& s, bool elementwise) {
   attention_params p = pb.params();
   p.scratch = &ws;
   const index_t ge = elementwise ? s.dim : 1;
-  std::vector<float> gate = random_buffer<float>(std::size_t(s.batch * s.seq_q * s.heads_q * ge), 9,
-                                                 -3.0f, 3.0f);
+  std::vector<float> gate =
+      random_buffer<float>(std::size_t(s.batch * s.seq_q * s.heads_q * ge), 9, -3.0f, 3.0f);
   const view4<const float> g = bshd(gate.data(), s.batch, s.seq_q, s.heads_q, ge);
-  const auto t = time_pair(st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); },
-                           [&] { sink::gated_attention(pb.q, pb.k, pb.v, pb.o, g, p); });
+  const auto t = time_pair(
+      st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); },
+      [&] { sink::gated_attention(pb.q, pb.k, pb.v, pb.o, g, p); });
   report(st, t, pb.flops());
 }
 
@@ -119,8 +121,9 @@ void run_stats(benchmark::State& st, const shape& s) {
   out.sink_token_mass = view3<float>::contiguous(token_mass.data(), {s.batch, s.heads_q, s.seq_q});
   out.col_sum = view3<float>::contiguous(col_sum.data(), {s.batch, s.heads_q, s.seq_k});
   out.col_mean = view3<float>::contiguous(col_mean.data(), {s.batch, s.heads_q, s.seq_k});
-  const auto t = time_pair(st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); },
-                           [&] { sink::attention_stats(pb.q, pb.k, pb.v, pb.o, ps, out); });
+  const auto t = time_pair(
+      st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); },
+      [&] { sink::attention_stats(pb.q, pb.k, pb.v, pb.o, ps, out); });
   report(st, t, pb.flops());
 }
 
@@ -131,9 +134,9 @@ void run_act(benchmark::State& st, const shape& s) {
   p.scratch = &ws;
   sink::act_params a;  // beta 0.4, tau 0.1, every head calibrated (the worst case)
   double moved = 0.0;
-  const auto t = time_pair(st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); }, [&] {
-    moved = sink::act_attention(pb.q, pb.k, pb.v, pb.o, a, p).moved_mass;
-  });
+  const auto t = time_pair(
+      st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); },
+      [&] { moved = sink::act_attention(pb.q, pb.k, pb.v, pb.o, a, p).moved_mass; });
   report(st, t, pb.flops());
   st.counters["moved_mass"] = moved;
 }
@@ -152,8 +155,9 @@ void run_duo(benchmark::State& st, const shape& s) {
   d.sink = 64;
   d.recent = 256;
   sink::duo_report rep;
-  const auto t = time_pair(st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); },
-                           [&] { rep = sink::duo_attention(pb.q, pb.k, pb.v, pb.o, d, p); });
+  const auto t = time_pair(
+      st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); },
+      [&] { rep = sink::duo_attention(pb.q, pb.k, pb.v, pb.o, d, p); });
   const double flops = pb.flops() * (1.0 - rep.work_saved);
   if (s.seq_q <= 16)
     report_bandwidth(st, t.seconds, pb.kv_bytes() * (1.0 - rep.work_saved), flops);
@@ -170,8 +174,9 @@ const bool registered = [] {
   const shape p1 = shapes().at("P1"), d3 = shapes().at("D3");
   add("sink.logits/P1/f32", [p1](benchmark::State& st) { run_logits(st, p1); })->Iterations(9);
   add("sink.gate/P1/f32", [p1](benchmark::State& st) { run_gate(st, p1, false); })->Iterations(9);
-  add("sink.gate/P1/f32/elem", [p1](benchmark::State& st) { run_gate(st, p1, true); })
-      ->Iterations(9);
+  add("sink.gate/P1/f32/elem", [p1](benchmark::State& st) {
+    run_gate(st, p1, true);
+  })->Iterations(9);
   add("sink.stats/P1/f32", [p1](benchmark::State& st) { run_stats(st, p1); })->Iterations(7);
   add("sink.act/P1/f32", [p1](benchmark::State& st) { run_act(st, p1); })->Iterations(7);
   add("sink.duo/D3/f32/half", [d3](benchmark::State& st) { run_duo(st, d3); })->Iterations(31);

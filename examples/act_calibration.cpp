@@ -59,15 +59,17 @@ int main(int argc, char** argv) {
   std::printf("prompt of %ld tokens, %ld heads (planted sinks at %ld, %ld, %ld)\n", long(n),
               long(hq), long(planted[0]), long(planted[1]), long(planted[2]));
   for (index_t h = 0; h < hq; ++h)
-    std::printf("  head %ld: mean entropy %.3f nats (uniform over the prefix ~ %.3f), mass on the "
-                "first 4 tokens %.3f\n",
-                long(h), mean_entropy[h], std::log(double(n)) - 1.0, mean_first[h]);
+    std::printf(
+        "  head %ld: mean entropy %.3f nats (uniform over the prefix ~ %.3f), mass on the "
+        "first 4 tokens %.3f\n",
+        long(h), mean_entropy[h], std::log(double(n)) - 1.0, mean_first[h]);
 
   // 2. Detection: mean attention received above tau; the first sink (the BOS) is kept.
   const sink::sink_sets sets = sink::detect_sinks(s.col_mean, {}, act.tau, act.drop_first);
   for (index_t h = 0; h < hq; ++h) {
     std::printf("  head %ld: sinks to calibrate:", long(h));
-    for (index_t j : sets.of(0, h)) std::printf(" %ld (mean attention %.3f)", long(j), mean[h * n + j]);
+    for (index_t j : sets.of(0, h))
+      std::printf(" %ld (mean attention %.3f)", long(j), mean[h * n + j]);
     std::printf("\n");
   }
 
@@ -75,20 +77,21 @@ int main(int argc, char** argv) {
   sink::act_calibrator cal(act, 1, hq, cap);
   attention_params causal;
   causal.causal = true;
-  const sink::act_result pre = cal.prefill(qv.narrow(1, 0, n), kv.narrow(1, 0, n),
-                                           vv.narrow(1, 0, n), o_view, causal);
-  std::printf("prefill (beta %.2f, tau %.2f): %ld of %ld rows calibrated, mass moved off the "
-              "sinks %.2f (%.4f per calibrated row)\n",
-              act.beta, act.tau, long(pre.rows_calibrated), long(n * hq), pre.moved_mass,
-              pre.rows_calibrated ? pre.moved_mass / double(pre.rows_calibrated) : 0.0);
+  const sink::act_result pre =
+      cal.prefill(qv.narrow(1, 0, n), kv.narrow(1, 0, n), vv.narrow(1, 0, n), o_view, causal);
+  std::printf(
+      "prefill (beta %.2f, tau %.2f): %ld of %ld rows calibrated, mass moved off the "
+      "sinks %.2f (%.4f per calibrated row)\n",
+      act.beta, act.tau, long(pre.rows_calibrated), long(n * hq), pre.moved_mass,
+      pre.rows_calibrated ? pre.moved_mass / double(pre.rows_calibrated) : 0.0);
   std::vector<float> od(hq * d);
   for (index_t t = 0; t < steps; ++t) {
     const index_t len = n + t + 1;
-    const sink::act_result r = cal.decode(qv.narrow(1, len - 1, 1), kv.narrow(1, 0, len),
-                                          vv.narrow(1, 0, len), bshd(od.data(), 1, 1, hq, d),
-                                          causal);
-    std::printf("decode step %ld (cache %ld): mass moved %.4f over %ld heads\n", long(t),
-                long(len), r.moved_mass, long(r.rows_calibrated));
+    const sink::act_result r =
+        cal.decode(qv.narrow(1, len - 1, 1), kv.narrow(1, 0, len), vv.narrow(1, 0, len),
+                   bshd(od.data(), 1, 1, hq, d), causal);
+    std::printf("decode step %ld (cache %ld): mass moved %.4f over %ld heads\n", long(t), long(len),
+                r.moved_mass, long(r.rows_calibrated));
   }
   return pre.rows_calibrated > 0 ? 0 : 1;
 }

@@ -143,13 +143,15 @@ struct sink_data {
     for (index_t b = 0; b < batch; ++b)
       for (index_t i = 0; i < seq_q; ++i)
         for (index_t h = 0; h < heads_q; ++h)
-          for (index_t c = 0; c < d; ++c) q.view(b, i, h, c) = 0.3f * q.view(b, i, h, c) + qs * u[c];
+          for (index_t c = 0; c < d; ++c)
+            q.view(b, i, h, c) = 0.3f * q.view(b, i, h, c) + qs * u[c];
     for (index_t b = 0; b < batch; ++b)
       for (index_t j : sink_keys)
         if (j < seq_k)
           for (index_t h = 0; h < heads_kv; ++h)
             for (index_t c = 0; c < d; ++c)
-              k.view(b, j, h, c) = from_float<KV>(strength * u[c] + 0.1f * to_float(k.view(b, j, h, c)));
+              k.view(b, j, h, c) =
+                  from_float<KV>(strength * u[c] + 0.1f * to_float(k.view(b, j, h, c)));
   }
 };
 

@@ -26,9 +26,8 @@ struct act_oracle {
 /// The reference algorithm on the full matrix: detection from column means of f (rows of
 /// `detect_rows` only), then calibration of every row of g (the rows to output).
 template <class KV>
-act_oracle act_reference(const full_attention& f, const full_attention& g,
-                         const view4<const KV>& v, float beta, float tau,
-                         const std::vector<char>& on) {
+act_oracle act_reference(const full_attention& f, const full_attention& g, const view4<const KV>& v,
+                         float beta, float tau, const std::vector<char>& on) {
   act_oracle r;
   r.sets.resize(static_cast<std::size_t>(f.batch * f.heads));
   for (index_t b = 0; b < f.batch; ++b)
@@ -91,8 +90,8 @@ std::vector<char> all_heads(index_t h) { return std::vector<char>(static_cast<st
 TEST(SinkAct, MatchesTheReferenceRedistribution) {
   act_problem t(2, 200, 4, 2, 64, 31);
   sink::act_params a;  // beta 0.4, tau 0.1
-  const sink::act_result res = sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view,
-                                                   t.o.view, a, t.p);
+  const sink::act_result res =
+      sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view, t.o.view, a, t.p);
   const full_attention f = full_probs(t.data.q.cview(), t.data.k.cview(), t.p);
   const act_oracle ref = act_reference(f, f, t.data.v.cview(), a.beta, a.tau, all_heads(4));
   ASSERT_GT(ref.margin, 1e-3) << "test data too close to the threshold";
@@ -112,8 +111,8 @@ TEST(SinkAct, BetaOneIsTheIdentity) {
   act_problem t(1, 150, 4, 2, 64, 32);
   sink::act_params a;
   a.beta = 1.0f;
-  const sink::act_result res = sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view,
-                                                   t.o.view, a, t.p);
+  const sink::act_result res =
+      sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view, t.o.view, a, t.p);
   EXPECT_GT(res.sinks.keys.size(), 0u);
   EXPECT_EQ(res.moved_mass, 0.0);
   auto plain = tensor<float, 4>::make(t.o.view.extents());
@@ -125,11 +124,11 @@ TEST(SinkAct, BetaOneIsTheIdentity) {
 TEST(SinkAct, OutputHookPathEqualsEpiloguePath) {
   act_problem t(1, 180, 4, 1, 64, 33);
   sink::act_params a;
-  const sink::act_result res = sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view,
-                                                   t.o.view, a, t.p);
+  const sink::act_result res =
+      sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view, t.o.view, a, t.p);
   auto o2 = tensor<float, 4>::make(t.o.view.extents());
-  const sink::act_result again = sink::act_attention(t.data.q.view, t.data.k.view,
-                                                     t.data.v.view, o2.view, res.sinks, a, t.p);
+  const sink::act_result again =
+      sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view, o2.view, res.sinks, a, t.p);
   EXPECT_TRUE(all_close(o2.cview(), t.o.cview(), 1e-7, 1e-6));
   EXPECT_NEAR(again.moved_mass, res.moved_mass, 1e-6 * res.moved_mass);
 }
@@ -139,8 +138,8 @@ TEST(SinkAct, OnlyTheListedHeadsChange) {
   std::vector<index_t> heads = {1, 2};
   sink::act_params a;
   a.heads = make_view<const index_t>(heads.data(), 2);
-  const sink::act_result res = sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view,
-                                                   t.o.view, a, t.p);
+  const sink::act_result res =
+      sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view, t.o.view, a, t.p);
   auto plain = tensor<float, 4>::make(t.o.view.extents());
   attention(t.data.q.view, t.data.k.view, t.data.v.view, plain.view, t.p);
   const full_attention f = full_probs(t.data.q.cview(), t.data.k.cview(), t.p);
@@ -163,8 +162,8 @@ TEST(SinkAct, WithLearnableSinkLogits) {
   t.p.sinks = make_view<const float>(sinks.data(), 4);
   sink::act_params a;
   a.beta = 0.25f;
-  const sink::act_result res = sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view,
-                                                   t.o.view, a, t.p);
+  const sink::act_result res =
+      sink::act_attention(t.data.q.view, t.data.k.view, t.data.v.view, t.o.view, a, t.p);
   const full_attention f = full_probs(t.data.q.cview(), t.data.k.cview(), t.p);
   const act_oracle ref = act_reference(f, f, t.data.v.cview(), a.beta, a.tau, all_heads(4));
   ASSERT_GT(ref.margin, 1e-3);
@@ -183,10 +182,10 @@ TEST(SinkAct, CalibratorReusesPrefillSetsAtDecode) {
   p.causal = true;
   auto o = tensor<float, 4>::make({1, n, hq, d});
   const auto q = data.q.view, k = data.k.view, v = data.v.view;
-  const sink::act_result pre = cal.prefill(q.narrow(1, 0, n), k.narrow(1, 0, n),
-                                           v.narrow(1, 0, n), o.view, p);
-  const full_attention f = full_probs(view4<const float>(q.narrow(1, 0, n)),
-                                      view4<const float>(k.narrow(1, 0, n)), p);
+  const sink::act_result pre =
+      cal.prefill(q.narrow(1, 0, n), k.narrow(1, 0, n), v.narrow(1, 0, n), o.view, p);
+  const full_attention f =
+      full_probs(view4<const float>(q.narrow(1, 0, n)), view4<const float>(k.narrow(1, 0, n)), p);
   const act_oracle ref =
       act_reference(f, f, view4<const float>(v.narrow(1, 0, n)), a.beta, a.tau, all_heads(hq));
   ASSERT_GT(ref.margin, 1e-3);
@@ -204,8 +203,8 @@ TEST(SinkAct, CalibratorReusesPrefillSetsAtDecode) {
     cal.decode(qs, ks, vs, od.view, p);
     const full_attention g = full_probs(view4<const float>(qs), view4<const float>(ks), p);
     // Sets detected on the prefill rows (f), applied to the decode row (g).
-    const act_oracle calibrated = act_reference(f, g, view4<const float>(vs), a.beta, a.tau,
-                                                all_heads(hq));
+    const act_oracle calibrated =
+        act_reference(f, g, view4<const float>(vs), a.beta, a.tau, all_heads(hq));
     EXPECT_TRUE(all_close(od.cview(), calibrated.o.cview(), 2e-5, 2e-4)) << "step " << s;
     for (index_t h = 0; h < hq; ++h)
       for (index_t j = 0; j < len; ++j) sums[h * (n + steps) + j] += g.P(0, h, 0, j);

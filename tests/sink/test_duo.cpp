@@ -59,8 +59,8 @@ TEST(SinkDuo, MatchesPerHeadMaskedOracle) {
     d.recent = c.recent;
     const sink::duo_report rep = sink::duo_attention(t.q.view, t.k.view, t.v.view, t.o.view, d, p);
     const index_t group = c.hq / c.hkv;
-    const full_attention f =
-        full_probs(t.q.cview(), t.k.cview(), p, [&](index_t, index_t h, index_t, index_t qp, index_t j) {
+    const full_attention f = full_probs(
+        t.q.cview(), t.k.cview(), p, [&](index_t, index_t h, index_t, index_t qp, index_t j) {
           return !c.kinds[h / group] || j < c.sink || qp - j < c.recent;
         });
     const auto ref = weighted_values(f, f.p, t.v.cview());
@@ -151,8 +151,7 @@ TEST(SinkDuo, RejectsBadArguments) {
   d.recent = 0;
   EXPECT_THROW(sink::duo_attention(t.q.view, t.k.view, t.v.view, t.o.view, d), invalid_argument);
   sink::duo_params none;
-  EXPECT_THROW(sink::duo_attention(t.q.view, t.k.view, t.v.view, t.o.view, none),
-               invalid_argument);
+  EXPECT_THROW(sink::duo_attention(t.q.view, t.k.view, t.v.view, t.o.view, none), invalid_argument);
 }
 
 }  // namespace

@@ -102,16 +102,51 @@ void run_case(const fitm_case& c, bool zero_bias = false) {
 }
 
 const fitm_case kCases[] = {
-    {"prefill_broadcast", 1, 240, 240, 4, 2, 64, {{{10, 60}, {70, 130}, {140, 200}}}, false,
-     false, false},
-    {"prefill_per_head_sinks", 1, 200, 200, 4, 2, 40, {{{0, 50}, {50, 90}, {120, 170}}}, true,
-     true, false},
-    {"batch_ragged", 2, 60, 150, 2, 1, 64,
-     {{{5, 40}, {40, 41}, {90, 140}}, {{0, 10}, {20, 80}, {100, 137}}}, false, false, true},
-    {"decode_splitk", 1, 1, 3000, 8, 2, 64, {{{100, 1100}, {1200, 2200}, {2300, 2900}}}, false,
-     true, false},
-    {"chunk_splitk_per_head", 1, 3, 2100, 4, 1, 64, {{{64, 700}, {700, 1500}}}, true, false,
+    {"prefill_broadcast",
+     1,
+     240,
+     240,
+     4,
+     2,
+     64,
+     {{{10, 60}, {70, 130}, {140, 200}}},
+     false,
+     false,
      false},
+    {"prefill_per_head_sinks",
+     1,
+     200,
+     200,
+     4,
+     2,
+     40,
+     {{{0, 50}, {50, 90}, {120, 170}}},
+     true,
+     true,
+     false},
+    {"batch_ragged",
+     2,
+     60,
+     150,
+     2,
+     1,
+     64,
+     {{{5, 40}, {40, 41}, {90, 140}}, {{0, 10}, {20, 80}, {100, 137}}},
+     false,
+     false,
+     true},
+    {"decode_splitk",
+     1,
+     1,
+     3000,
+     8,
+     2,
+     64,
+     {{{100, 1100}, {1200, 2200}, {2300, 2900}}},
+     false,
+     true,
+     false},
+    {"chunk_splitk_per_head", 1, 3, 2100, 4, 1, 64, {{{64, 700}, {700, 1500}}}, true, false, false},
 };
 
 TEST(SinkFitm, MatchesFullMatrixReallocation) {
@@ -136,7 +171,8 @@ TEST(SinkFitm, ClassMaskTilesAgreeWithThePredicate) {
     const sink::key_class_mask m{cls.data(), pre.data(), n, n + 1, want};
     for (int t = 0; t < 2000; ++t) {
       const index_t lo = std::uniform_int_distribution<index_t>(0, n - 1)(rng);
-      const index_t hi = std::min<index_t>(n - 1, lo + std::uniform_int_distribution<index_t>(0, 63)(rng));
+      const index_t hi =
+          std::min<index_t>(n - 1, lo + std::uniform_int_distribution<index_t>(0, 63)(rng));
       bool any = false, all = true;
       for (index_t j = lo; j <= hi; ++j) {
         const bool keep = m.keep(engine::row_block{}, 0, 0, 0, j);
@@ -171,12 +207,12 @@ TEST(SinkFitm, CalibrationHelpers) {
   s.col_sum = cols.view;
   attention_params pc;
   pc.causal = true;
-  sink::column_stats(q.view.narrow(1, n - rows, rows), k.view, lse.cview().narrow(2, n - rows, rows),
-                     pc, s);
+  sink::column_stats(q.view.narrow(1, n - rows, rows), k.view,
+                     lse.cview().narrow(2, n - rows, rows), pc, s);
   const std::vector<index_t> spans = {10, 40, 40, 70, 80, 110};
   auto attn = tensor<float, 3>::make({1, hq, 3});
-  sink::document_attention(cols.cview(), rows, view3<const index_t>::contiguous(spans.data(), {1, 3, 2}),
-                           attn.view);
+  sink::document_attention(cols.cview(), rows,
+                           view3<const index_t>::contiguous(spans.data(), {1, 3, 2}), attn.view);
   pc.lse = {};
   const full_attention f = full_probs(q.cview(), k.cview(), pc);
   for (index_t h = 0; h < hq; ++h)

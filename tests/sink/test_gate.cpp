@@ -57,7 +57,8 @@ void check(const gate_case& c, bool elementwise) {
     for (index_t i = 0; i < c.seq_q; ++i)
       for (index_t h = 0; h < c.hq; ++h)
         for (index_t ch = 0; ch < c.d; ++ch)
-          ref.view(b, i, h, ch) *= 1.0 / (1.0 + std::exp(-double(gate(b, i, h, elementwise ? ch : 0))));
+          ref.view(b, i, h, ch) *=
+              1.0 / (1.0 + std::exp(-double(gate(b, i, h, elementwise ? ch : 0))));
   EXPECT_TRUE(all_close(o.cview(), ref.cview(), 2e-5, 2e-4));
   EXPECT_TRUE(all_close(lse.cview(), rl.cview(), 2e-5, 2e-4)) << "lse is the ungated attention's";
 }

@@ -56,10 +56,10 @@ struct shape_case {
 
 // Prefill (no split) and decode with long caches (split-K: seq_k >= 1024 and seq_q <= 16).
 const shape_case kShapes[] = {
-    {2, 70, 70, 4, 2, 64, true},     // prefill, GQA
-    {1, 33, 90, 3, 1, 40, false},    // cross attention, generic head dim, MQA
-    {2, 1, 3000, 8, 2, 64, false},   // decode, split-K
-    {1, 4, 2500, 4, 4, 128, true},   // 4-token decode chunk, split-K
+    {2, 70, 70, 4, 2, 64, true},    // prefill, GQA
+    {1, 33, 90, 3, 1, 40, false},   // cross attention, generic head dim, MQA
+    {2, 1, 3000, 8, 2, 64, false},  // decode, split-K
+    {1, 4, 2500, 4, 4, 128, true},  // 4-token decode chunk, split-K
 };
 
 TEST(SinkLogits, MinusInfinityEqualsNoSink) {
@@ -125,7 +125,8 @@ TEST(SinkLogits, MergedShardsTakeTheSinkOnce) {
   with.sinks = make_view<const float>(sinks.data(), hq);
   whole.run(with);
 
-  auto o_a = tensor<float, 4>::make({1, seq_q, hq, d}), o_b = tensor<float, 4>::make({1, seq_q, hq, d});
+  auto o_a = tensor<float, 4>::make({1, seq_q, hq, d}),
+       o_b = tensor<float, 4>::make({1, seq_q, hq, d});
   auto l_a = tensor<float, 3>::make({1, hq, seq_q}), l_b = tensor<float, 3>::make({1, hq, seq_q});
   auto shard = [&](attention_params p, index_t lo, index_t cnt, tensor<float, 4>& o,
                    tensor<float, 3>& l) {

@@ -322,8 +322,8 @@ TEST(SinkStats, RejectsBadOutputs) {
   EXPECT_THROW(sink::attention_stats(r.q.view, r.k.view, r.v.view, r.o.view, r.p, s),
                invalid_argument);
   s = {};
-  s.col_sum = view3<float>(reinterpret_cast<float*>(r.q.storage.data()), {1, 4, 150},
-                           {600, 150, 1});
+  s.col_sum =
+      view3<float>(reinterpret_cast<float*>(r.q.storage.data()), {1, 4, 150}, {600, 150, 1});
   EXPECT_THROW(sink::attention_stats(r.q.view, r.k.view, r.v.view, r.o.view, r.p, s),
                invalid_argument);
 }

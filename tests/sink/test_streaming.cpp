@@ -93,9 +93,9 @@ struct masked_case {
 };
 
 TEST(SinkStreaming, OneShotSinkWindowMatchesTheMaskedOracle) {
-  for (const masked_case& c : {masked_case{300, 300, 4, 2, 64, 8, 40},
-                               masked_case{1, 3000, 8, 2, 64, 4, 100},
-                               masked_case{3, 2000, 2, 1, 48, 16, 33}}) {
+  for (const masked_case& c :
+       {masked_case{300, 300, 4, 2, 64, 8, 40}, masked_case{1, 3000, 8, 2, 64, 4, 100},
+        masked_case{3, 2000, 2, 1, 48, 16, 33}}) {
     SCOPED_TRACE(c.seq_k);
     std::mt19937 rng(43);
     auto q = tensor<float, 4>::make({1, c.seq_q, c.hq, c.d});
@@ -111,10 +111,10 @@ TEST(SinkStreaming, OneShotSinkWindowMatchesTheMaskedOracle) {
     attention_params p;
     p.causal = true;
     sink::streaming_attention(q.view, k.view, v.view, o.view, s, p);
-    const full_attention f = full_probs(q.cview(), k.cview(), p,
-                                        [&](index_t, index_t, index_t, index_t qp, index_t j) {
-                                          return j < c.sink || qp - j < c.window;
-                                        });
+    const full_attention f =
+        full_probs(q.cview(), k.cview(), p, [&](index_t, index_t, index_t, index_t qp, index_t j) {
+          return j < c.sink || qp - j < c.window;
+        });
     const auto ref = weighted_values(f, f.p, v.cview());
     EXPECT_TRUE(all_close(o.cview(), ref.cview(), 2e-5, 2e-4));
   }
@@ -246,10 +246,9 @@ TEST(SinkStreaming, RopeOnLoadEqualsPreRotatedKeys) {
   for (index_t j = 0; j < n; ++j) table.rotate(&kr.view(0, j, 0, 0), j);
   for (index_t i = 0; i < 2; ++i)
     for (index_t h = 0; h < hq; ++h) table.rotate(&qr.view(0, i, h, 0), n - 2 + i);
-  const full_attention f = full_probs(qr.cview(), kr.cview(), p,
-                                      [&](index_t, index_t, index_t, index_t qp, index_t j) {
-                                        return j < 4 || qp - j < 300;
-                                      });
+  const full_attention f = full_probs(
+      qr.cview(), kr.cview(), p,
+      [&](index_t, index_t, index_t, index_t qp, index_t j) { return j < 4 || qp - j < 300; });
   const auto ref = weighted_values(f, f.p, v.cview());
   EXPECT_TRUE(all_close(o.cview(), ref.cview(), 2e-5, 2e-4));
 }

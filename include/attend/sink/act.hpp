@@ -50,7 +50,9 @@ struct sink_sets {
   std::vector<index_t> offsets;  // [batch * heads + 1]
   std::vector<index_t> keys;
 
-  index_t size(index_t b, index_t h) const { return offsets[b * heads + h + 1] - offsets[b * heads + h]; }
+  index_t size(index_t b, index_t h) const {
+    return offsets[b * heads + h + 1] - offsets[b * heads + h];
+  }
   const index_t* begin(index_t b, index_t h) const { return keys.data() + offsets[b * heads + h]; }
   std::vector<index_t> of(index_t b, index_t h) const {
     return std::vector<index_t>(begin(b, h), begin(b, h) + size(b, h));
@@ -174,7 +176,6 @@ struct act_epilogue {
     }
     if (moved.has_value()) moved(ctx.batch, ctx.head, ctx.query) = (1.0f - beta) * mass;
   }
-
 };
 
 template <class Arch, class KV, class Score, class Mask>
@@ -207,8 +208,8 @@ inline void validate_act(const char* op, const act_params& a, index_t heads_q) {
   if (a.heads.has_value()) {
     attend::detail::check_tensor(op, "heads", a.heads);
     for (index_t i = 0; i < a.heads.extent(0); ++i)
-      ATTEND_CHECK(a.heads(i) >= 0 && a.heads(i) < heads_q, op, ": heads[", i, "] = ",
-                   a.heads(i), " is outside [0, heads_q = ", heads_q, ")");
+      ATTEND_CHECK(a.heads(i) >= 0 && a.heads(i) < heads_q, op, ": heads[", i, "] = ", a.heads(i),
+                   " is outside [0, heads_q = ", heads_q, ")");
   }
 }
 
@@ -217,8 +218,7 @@ inline void validate_sets(const char* op, const sink_sets& s, index_t batch, ind
                    static_cast<index_t>(s.offsets.size()) == batch * heads_q + 1,
                op, ": sink sets are for [", s.batch, ", ", s.heads, "], expected [", batch, ", ",
                heads_q, "]");
-  ATTEND_CHECK(s.offsets.front() == 0 &&
-                   s.offsets.back() == static_cast<index_t>(s.keys.size()),
+  ATTEND_CHECK(s.offsets.front() == 0 && s.offsets.back() == static_cast<index_t>(s.keys.size()),
                op, ": sink set offsets do not cover the key list");
   for (index_t set = 0; set < batch * heads_q; ++set) {
     ATTEND_CHECK(s.offsets[set] <= s.offsets[set + 1], op, ": sink set offsets must not decrease");
@@ -265,29 +265,29 @@ void act_dispatch(const view4<const float>& q, const view4<const KV>& k, const v
         std::vector<index_t> list;
         for (index_t h = 0; h < heads_q; ++h)
           if (on[h]) list.push_back(h);
-        sets = detect_sinks(mv, make_view<const index_t>(list.data(), index_t(list.size())),
-                            a.tau, a.drop_first);
+        sets = detect_sinks(mv, make_view<const index_t>(list.data(), index_t(list.size())), a.tau,
+                            a.drop_first);
         const auto epi = make_act_epilogue<Arch>(q, k, v, scale, score, mask, lens, sets, a, moved);
-        attend::detail::parallel_for(batch * heads_q * seq_q, attend::detail::max_threads(),
-                                     [&](index_t row, int) {
-          const index_t b = row / (heads_q * seq_q), h = (row / seq_q) % heads_q;
-          const index_t i = row % seq_q;
-          if (sets.size(b, h) == 0) {
-            if (moved.has_value()) moved(b, h, i) = 0.0f;
-            return;
-          }
-          const index_t len = lens ? lens[b] : seq_k;
-          epi.apply(engine::row_ctx{b, h, i, len - seq_q + i}, &o(b, i, h, 0), lse(b, h, i), dv);
-        });
+        attend::detail::parallel_for(
+            batch * heads_q * seq_q, attend::detail::max_threads(), [&](index_t row, int) {
+              const index_t b = row / (heads_q * seq_q), h = (row / seq_q) % heads_q;
+              const index_t i = row % seq_q;
+              if (sets.size(b, h) == 0) {
+                if (moved.has_value()) moved(b, h, i) = 0.0f;
+                return;
+              }
+              const index_t len = lens ? lens[b] : seq_k;
+              epi.apply(engine::row_ctx{b, h, i, len - seq_q + i}, &o(b, i, h, 0), lse(b, h, i),
+                        dv);
+            });
         return;
       }
       const auto epi = make_act_epilogue<Arch>(q, k, v, scale, score, mask, lens, sets, a, moved);
       attend::detail::dense_forward<Arch, DK, DV>(
-          q, k, v, o, lse, lens, scale,
-          engine::make_variant(score, mask, sink, epi), p.scratch);
+          q, k, v, o, lse, lens, scale, engine::make_variant(score, mask, sink, epi), p.scratch);
       if (col_sum.has_value() || col_count.has_value())
-        column_forward<Arch, DK>(q, k, lse, lens, scale, cols, on, col_sum, col_count,
-                                 accumulate, p.scratch);
+        column_forward<Arch, DK>(q, k, lse, lens, scale, cols, on, col_sum, col_count, accumulate,
+                                 p.scratch);
     });
   });
 }
@@ -382,8 +382,8 @@ class act_calibrator {
   act_calibrator(const act_params& a, index_t batch, index_t heads_q, index_t capacity)
       : params_(a), batch_(batch), heads_q_(heads_q), capacity_(capacity) {
     constexpr const char* op = "attend::sink::act_calibrator";
-    ATTEND_CHECK(batch > 0 && heads_q > 0 && capacity > 0, op, ": batch (", batch,
-                 "), heads_q (", heads_q, ") and capacity (", capacity, ") must be > 0");
+    ATTEND_CHECK(batch > 0 && heads_q > 0 && capacity > 0, op, ": batch (", batch, "), heads_q (",
+                 heads_q, ") and capacity (", capacity, ") must be > 0");
     detail::validate_act(op, a, heads_q);
     on_ = detail::head_selection(a.heads, heads_q);
     for (index_t h = 0; h < heads_q; ++h)
@@ -415,9 +415,11 @@ class act_calibrator {
   /// Re-detects the sets from the running column means (sum / count) of the first `length`
   /// keys of each sequence.
   void redetect(index_t length) {
-    ATTEND_CHECK(length >= 0 && length <= capacity_, "attend::sink::act_calibrator::redetect: ",
-                 "length (", length, ") must be in [0, capacity = ", capacity_, "]");
-    std::vector<float> mean(static_cast<std::size_t>(batch_ * heads_q_ * std::max<index_t>(length, 1)), 0.0f);
+    ATTEND_CHECK(length >= 0 && length <= capacity_,
+                 "attend::sink::act_calibrator::redetect: ", "length (", length,
+                 ") must be in [0, capacity = ", capacity_, "]");
+    std::vector<float> mean(
+        static_cast<std::size_t>(batch_ * heads_q_ * std::max<index_t>(length, 1)), 0.0f);
     const auto mv = view3<float>::contiguous(mean.data(), {batch_, heads_q_, length});
     for (index_t b = 0; b < batch_; ++b)
       for (index_t h = 0; h < heads_q_; ++h)
@@ -426,9 +428,8 @@ class act_calibrator {
           mv(b, h, j) = n > 0.0f ? sums()(b, h, j) / n : 0.0f;
         }
     const auto list = make_view<const index_t>(heads_.data(), index_t(heads_.size()));
-    sets_ = length > 0 && !heads_.empty()
-                ? detect_sinks(mv, list, params_.tau, params_.drop_first)
-                       : sink_sets::empty(batch_, heads_q_);
+    sets_ = length > 0 && !heads_.empty() ? detect_sinks(mv, list, params_.tau, params_.drop_first)
+                                          : sink_sets::empty(batch_, heads_q_);
   }
 
   const sink_sets& sinks() const noexcept { return sets_; }
@@ -468,7 +469,8 @@ class act_calibrator {
     view3<float> lse = p.lse;
     if (!lse.has_value()) lse = view3<float>::contiguous(lse_buf.data(), {batch, heads_q, seq_q});
     const auto full = [&](std::vector<float>& buf) {
-      return view3<float>::contiguous(buf.data(), {batch_, heads_q_, capacity_}).narrow(2, 0, seq_k);
+      return view3<float>::contiguous(buf.data(), {batch_, heads_q_, capacity_})
+          .narrow(2, 0, seq_k);
     };
     detail::act_dispatch<xsimd::default_arch>(
         qc, kc, vc, o, p, params_, on_, detect, sets_, lse, full(sums_), full(counts_), !detect,

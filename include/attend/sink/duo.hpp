@@ -132,14 +132,14 @@ duo_report duo_account(const view4<const float>& q, const view4<const KV>& k,
     const index_t len = p.kv_lens.has_value() ? p.kv_lens(b) : k.extent(1);
     const double kept = double(std::min(len, d.sink + d.recent));
     r.kv_bytes_full += double(heads_kv) * double(len) * row_bytes;
-    r.kv_bytes_duo += (double(r.retrieval_heads) * double(len) + double(r.streaming_heads) * kept) *
-                      row_bytes;
+    r.kv_bytes_duo +=
+        (double(r.retrieval_heads) * double(len) + double(r.streaming_heads) * kept) * row_bytes;
     for (index_t i = 0; i < seq_q; ++i) {
       double full = 0, duo = 0;
       visible_keys(p, len - seq_q + i, len, d.sink, d.recent, full, duo);
       r.pairs_full += double(heads_kv * group) * full;
-      r.pairs_duo += double(group) * (double(r.retrieval_heads) * full +
-                                      double(r.streaming_heads) * duo);
+      r.pairs_duo +=
+          double(group) * (double(r.retrieval_heads) * full + double(r.streaming_heads) * duo);
     }
   }
   r.memory_saved = r.kv_bytes_full > 0 ? 1.0 - r.kv_bytes_duo / r.kv_bytes_full : 0.0;
@@ -199,8 +199,8 @@ void duo_forward(const view4<const float>& q, const view4<const KV>& k, const vi
       }
       h0 = h1;
     }
-  using full_var = decltype(engine::make_variant(Score{}, engine::standard_mask{},
-                                                 engine::sink_logits{}));
+  using full_var =
+      decltype(engine::make_variant(Score{}, engine::standard_mask{}, engine::sink_logits{}));
   using stream_var = decltype(engine::make_variant(
       Score{}, intersect(sink_window_mask{}, engine::standard_mask{}), engine::sink_logits{}));
   std::vector<full_var> full;
@@ -253,8 +253,8 @@ void duo_forward(const view4<const float>& q, const view4<const KV>& k, const vi
               return;
             }
             const index_t h = r.h0 * group + ctx.head;
-            float* dst =
-                partial + (((ctx.batch * heads_q + h) * seq_q + ctx.query) * splits + s) * partial_row;
+            float* dst = partial + (((ctx.batch * heads_q + h) * seq_q + ctx.query) * splits + s) *
+                                       partial_row;
             std::copy(row, row + dv, dst);
             dst[dv] = l;
           });
@@ -265,9 +265,9 @@ void duo_forward(const view4<const float>& q, const view4<const KV>& k, const vi
       go(full[ri]);
   });
   if (splits == 1) return;
-  const full_var whole = engine::make_variant(
-      score_of<Score>(p), attend::detail::make_mask(p),
-      engine::sink_logits{p.sinks.has_value() ? p.sinks.data() : nullptr});
+  const full_var whole =
+      engine::make_variant(score_of<Score>(p), attend::detail::make_mask(p),
+                           engine::sink_logits{p.sinks.has_value() ? p.sinks.data() : nullptr});
   attend::detail::parallel_for(batch * heads_q * seq_q, threads, [&](index_t row, int) {
     float* acc = partial + row * splits * partial_row;
     float acc_lse = acc[dv];

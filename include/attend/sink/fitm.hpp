@@ -81,8 +81,8 @@ inline void fitm_log_bias(const view3<const float>& attn, const view3<const floa
   attend::detail::check_extents(op, "dummy", dummy, attn.extents());
   attend::detail::check_output(op, "out", out);
   attend::detail::check_extents(op, "out", out, attn.extents());
-  ATTEND_CHECK(temperature > 0.0 && std::isfinite(temperature), op, ": temperature (",
-               temperature, ") must be finite and > 0");
+  ATTEND_CHECK(temperature > 0.0 && std::isfinite(temperature), op, ": temperature (", temperature,
+               ") must be finite and > 0");
   const index_t docs = attn.extent(2);
   std::vector<double> z(static_cast<std::size_t>(docs));
   for (index_t b = 0; b < attn.extent(0); ++b)
@@ -128,7 +128,8 @@ struct document_bias {
       const std::int32_t c = cls[kpos[j]];
       if (c < 0) continue;  // masked by the class mask anyway
       const V add(log_f[c]);
-      for (index_t r = 0; r < ld; r += w) (V::load_aligned(st + j * ld + r) + add).store_aligned(st + j * ld + r);
+      for (index_t r = 0; r < ld; r += w)
+        (V::load_aligned(st + j * ld + r) + add).store_aligned(st + j * ld + r);
     }
   }
 };
@@ -153,9 +154,9 @@ struct unbiased_mass {
 
   void store(const engine::row_ctx& ctx, const float* mean, float lse_keys, float,
              float) const noexcept {
-    lse_unbiased(ctx.batch, ctx.head, ctx.query) =
-        lse_keys == engine::neg_inf || !(mean[0] > 0.0f) ? engine::neg_inf
-                                                         : lse_keys + std::log(mean[0]);
+    lse_unbiased(ctx.batch, ctx.head, ctx.query) = lse_keys == engine::neg_inf || !(mean[0] > 0.0f)
+                                                       ? engine::neg_inf
+                                                       : lse_keys + std::log(mean[0]);
   }
 };
 
@@ -204,7 +205,8 @@ void fitm_dispatch(const view4<const float>& q, const view4<const KV>& k, const 
       float mx = engine::neg_inf;
       for (index_t d = 0; d < docs; ++d) mx = std::max(mx, f.log_bias(bb, h, d));
       for (index_t d = 0; d < docs; ++d) {
-        const float lf = mx == engine::neg_inf ? 0.0f : std::max(f.log_bias(bb, h, d) - mx, fitm_log_floor);
+        const float lf =
+            mx == engine::neg_inf ? 0.0f : std::max(f.log_bias(bb, h, d) - mx, fitm_log_floor);
         log_f[(b * fh + h) * docs + d] = lf;
         inv_f[(b * fh + h) * docs + d] = std::exp(-lf);
       }
@@ -306,9 +308,8 @@ void fitm_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& k,
     index_t prev = 0;
     for (index_t d = 0; d < docs; ++d) {
       const index_t lo = f.spans(b, d, 0), hi = f.spans(b, d, 1);
-      ATTEND_CHECK(prev <= lo && lo <= hi && hi <= len, op, ": span ", d, " of batch ", b, " [",
-                   lo, ", ", hi, ") must be ascending, disjoint and within [0, kv_len = ", len,
-                   ")");
+      ATTEND_CHECK(prev <= lo && lo <= hi && hi <= len, op, ": span ", d, " of batch ", b, " [", lo,
+                   ", ", hi, ") must be ascending, disjoint and within [0, kv_len = ", len, ")");
       prev = hi;
     }
     for (index_t h = 0; h < f.log_bias.extent(1); ++h)
@@ -316,8 +317,8 @@ void fitm_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& k,
         ATTEND_CHECK(!std::isnan(f.log_bias(f.log_bias.extent(0) == 1 ? 0 : b, h, d)) &&
                          f.log_bias(f.log_bias.extent(0) == 1 ? 0 : b, h, d) !=
                              std::numeric_limits<float>::infinity(),
-                     op, ": log_bias must be finite or -inf (batch ", b, ", head ", h, ", doc ",
-                     d, ")");
+                     op, ": log_bias must be finite or -inf (batch ", b, ", head ", h, ", doc ", d,
+                     ")");
   }
   detail::fitm_dispatch<xsimd::default_arch>(qc, kc, vc, o, p, f);
 }

@@ -52,8 +52,7 @@ struct block_geometry {
     g.group = heads_q / heads_kv;
     const bool decode_shaped = engine::uses_dot_kernel<Arch>(g.group * seq_q);
     g.kv_per_block =
-        decode_shaped ? std::min(heads_kv, max_rows / engine::dot_rows_padded(g.group * seq_q))
-                      : 1;
+        decode_shaped ? std::min(heads_kv, max_rows / engine::dot_rows_padded(g.group * seq_q)) : 1;
     g.heads_per_block = std::min(g.group, max_rows);
     g.queries_per_block = std::max<index_t>(1, max_rows / g.heads_per_block);
     g.kv_chunks = (heads_kv + g.kv_per_block - 1) / g.kv_per_block;
@@ -112,8 +111,9 @@ struct stats_adaptor {
       lse_keys = m + std::log(l);
     }
     if (partial != nullptr) {
-      float* dst = partial + (((ctx.batch * heads_q + ctx.head) * seq_q + ctx.query) * splits +
-                              split) * (dv + 1 + accumulators);
+      float* dst =
+          partial + (((ctx.batch * heads_q + ctx.head) * seq_q + ctx.query) * splits + split) *
+                        (dv + 1 + accumulators);
       std::copy(mean, mean + accumulators, dst + dv + 1);
       return;
     }
@@ -177,16 +177,17 @@ void row_stats_forward(const view4<const float>& q, const view4<const KV>& k,
   };
 
   if (splits == 1) {
-    const auto var = engine::make_variant(score, mask, engine::no_sink{}, engine::no_output_mod{},
-                                          key, adaptor);
+    const auto var =
+        engine::make_variant(score, mask, engine::no_sink{}, engine::no_output_mod{}, key, adaptor);
     attend::detail::parallel_for(geo.groups * geo.query_tiles, threads, [&](index_t item, int t) {
       const index_t tile = geo.query_tiles - 1 - item / geo.groups;  // heaviest causal first
       const index_t g = item % geo.groups;
-      const engine::row_block rb = geo.block(g, tile, length_of(g / (geo.kv_chunks * geo.head_chunks)));
+      const engine::row_block rb =
+          geo.block(g, tile, length_of(g / (geo.kv_chunks * geo.head_chunks)));
       engine::run_rows<Arch, DK, DV>(pb, rb, keys, var, scratch_of(t),
                                      [&](index_t, const engine::row_ctx& ctx, float* row, float l) {
-                                       engine::join_sink<Arch>(row, l,
-                                                               adaptor.sink_logit(ctx.head), dv);
+                                       engine::join_sink<Arch>(row, l, adaptor.sink_logit(ctx.head),
+                                                               dv);
                                        store_row(ctx, row, l);
                                      });
     });
@@ -194,30 +195,31 @@ void row_stats_forward(const view4<const float>& q, const view4<const KV>& k,
   }
 
   // Split-K: partial (o, lse, means) laid out [batch, heads_q, seq_q, split] per row.
-  attend::detail::parallel_for(geo.groups * geo.query_tiles * splits, threads,
-                               [&](index_t item, int t) {
-    const index_t s = item % splits;
-    const index_t rest = item / splits;
-    engine::dense_keys<KV> part = keys;
-    part.begin = s * split;
-    part.end = part.begin + split;
-    adaptor_t ad = adaptor;
-    ad.partial = partial;
-    ad.split = s;
-    const auto var =
-        engine::make_variant(score, mask, engine::no_sink{}, engine::no_output_mod{}, key, ad);
-    const index_t g = rest % geo.groups;
-    const engine::row_block rb =
-        geo.block(g, rest / geo.groups, length_of(g / (geo.kv_chunks * geo.head_chunks)));
-    engine::run_rows<Arch, DK, DV>(
-        pb, rb, part, var, scratch_of(t),
-        [&](index_t, const engine::row_ctx& ctx, const float* row, float l) {
-          float* dst = partial + (((ctx.batch * heads_q + ctx.head) * seq_q + ctx.query) * splits +
-                                  s) * partial_row;
-          std::copy(row, row + dv, dst);
-          dst[dv] = l;
-        });
-  });
+  attend::detail::parallel_for(
+      geo.groups * geo.query_tiles * splits, threads, [&](index_t item, int t) {
+        const index_t s = item % splits;
+        const index_t rest = item / splits;
+        engine::dense_keys<KV> part = keys;
+        part.begin = s * split;
+        part.end = part.begin + split;
+        adaptor_t ad = adaptor;
+        ad.partial = partial;
+        ad.split = s;
+        const auto var =
+            engine::make_variant(score, mask, engine::no_sink{}, engine::no_output_mod{}, key, ad);
+        const index_t g = rest % geo.groups;
+        const engine::row_block rb =
+            geo.block(g, rest / geo.groups, length_of(g / (geo.kv_chunks * geo.head_chunks)));
+        engine::run_rows<Arch, DK, DV>(
+            pb, rb, part, var, scratch_of(t),
+            [&](index_t, const engine::row_ctx& ctx, const float* row, float l) {
+              float* dst =
+                  partial + (((ctx.batch * heads_q + ctx.head) * seq_q + ctx.query) * splits + s) *
+                                partial_row;
+              std::copy(row, row + dv, dst);
+              dst[dv] = l;
+            });
+      });
   attend::detail::parallel_for(batch * heads_q * seq_q, threads, [&](index_t row, int) {
     float* acc = partial + row * splits * partial_row;
     float acc_lse = acc[dv];
@@ -304,8 +306,8 @@ void column_forward(const view4<const float>& q, const view4<const KV>& k,
   const int threads = attend::detail::max_threads();
   index_t key_splits = 1;
   if (items_per_split < 4 * threads && seq_k >= 2048)
-    key_splits = std::min<index_t>((4 * threads + items_per_split - 1) / items_per_split,
-                                   seq_k / 1024);
+    key_splits =
+        std::min<index_t>((4 * threads + items_per_split - 1) / items_per_split, seq_k / 1024);
   const index_t tile = engine::kv_tile_size<Arch>;
   const index_t split_len = ((seq_k + key_splits - 1) / key_splits + tile - 1) / tile * tile;
   key_splits = (seq_k + split_len - 1) / split_len;

@@ -42,8 +42,7 @@ struct sink_window_mask {
     return causal_full && all_visible ? engine::tile_kind::full : engine::tile_kind::partial;
   }
 
-  bool keep(const engine::row_block&, index_t, index_t, index_t qpos,
-            index_t kpos) const noexcept {
+  bool keep(const engine::row_block&, index_t, index_t, index_t qpos, index_t kpos) const noexcept {
     return kpos <= qpos && (kpos < sink || qpos - kpos < window);
   }
 };

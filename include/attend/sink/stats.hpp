@@ -165,8 +165,8 @@ void validate_columns(const char* op, const view4<const float>& q, const view4<c
     attend::detail::check_tensor(op, "kv_lens", p.kv_lens);
     attend::detail::check_extents(op, "kv_lens", p.kv_lens, {batch});
     for (index_t b = 0; b < batch; ++b)
-      ATTEND_CHECK(p.kv_lens(b) >= 0 && p.kv_lens(b) <= seq_k, op, ": kv_lens[", b, "] = ",
-                   p.kv_lens(b), " is outside [0, seq_k = ", seq_k, "]");
+      ATTEND_CHECK(p.kv_lens(b) >= 0 && p.kv_lens(b) <= seq_k, op, ": kv_lens[", b,
+                   "] = ", p.kv_lens(b), " is outside [0, seq_k = ", seq_k, "]");
   }
 }
 
@@ -209,9 +209,8 @@ void columns_and_mean(const view4<const float>& q, const view4<const KV>& k,
 }
 
 template <class Arch, class KV>
-void stats_dispatch(const view4<const float>& q, const view4<const KV>& k,
-                    const view4<const KV>& v, const view4<float>& o, const attention_params& p,
-                    const stats_outputs& s) {
+void stats_dispatch(const view4<const float>& q, const view4<const KV>& k, const view4<const KV>& v,
+                    const view4<float>& o, const attention_params& p, const stats_outputs& s) {
   const engine::standard_mask mask = attend::detail::make_mask(p);
   const engine::sink_logits sink{p.sinks.has_value() ? p.sinks.data() : nullptr};
   const index_t* lens = p.kv_lens.has_value() ? p.kv_lens.data() : nullptr;
@@ -329,9 +328,9 @@ void accumulate_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>&
 /// positions in [0, length). scores has `length` entries.
 inline std::vector<index_t> heavy_hitter_keep(const float* scores, index_t length, index_t heavy,
                                               index_t recent) {
-  ATTEND_CHECK(length >= 0 && heavy >= 0 && recent >= 0, "attend::sink::heavy_hitter_keep: ",
-               "length (", length, "), heavy (", heavy, ") and recent (", recent,
-               ") must be >= 0");
+  ATTEND_CHECK(length >= 0 && heavy >= 0 && recent >= 0,
+               "attend::sink::heavy_hitter_keep: ", "length (", length, "), heavy (", heavy,
+               ") and recent (", recent, ") must be >= 0");
   const index_t old = std::max<index_t>(0, length - recent);
   std::vector<index_t> idx(static_cast<std::size_t>(old));
   std::iota(idx.begin(), idx.end(), index_t{0});

@@ -145,8 +145,8 @@ class streaming_cache {
                  incoming, ") must be >= 0");
     eviction e;
     if (length_ + incoming <= capacity()) return e;
-    ATTEND_CHECK(incoming <= recent_, "attend::sink::streaming_cache::evict_for_space: ",
-                 incoming, " incoming tokens do not fit a recent window of ", recent_);
+    ATTEND_CHECK(incoming <= recent_, "attend::sink::streaming_cache::evict_for_space: ", incoming,
+                 " incoming tokens do not fit a recent window of ", recent_);
     e.from = length_ - recent_ + incoming;
     e.to = length_;
     e.dest = sink_;
@@ -158,8 +158,8 @@ class streaming_cache {
   /// Registers `n` appended tokens; returns the first slot they go to (write them there with
   /// write()). length() + n must not exceed capacity() (call evict_for_space first).
   index_t append(index_t n) {
-    ATTEND_CHECK(n >= 0 && length_ + n <= capacity(), "attend::sink::streaming_cache::append: ",
-                 n, " tokens do not fit (length ", length_, ", capacity ", capacity(), ")");
+    ATTEND_CHECK(n >= 0 && length_ + n <= capacity(), "attend::sink::streaming_cache::append: ", n,
+                 " tokens do not fit (length ", length_, ", capacity ", capacity(), ")");
     const index_t slot = length_;
     length_ += n;
     seen_ += n;
@@ -232,14 +232,12 @@ void streaming_run(const view4<const float>& q, const view4<const KV>& k, const 
     constexpr index_t DK = decltype(kdk)::value, DV = decltype(kdv)::value;
     with_score_mod(p, [&](auto score) {
       if (rope != nullptr) {
-        const auto var = engine::make_variant(score, mask, sink, engine::no_output_mod{},
-                                              rope_keys<Arch>{rope});
-        attend::detail::dense_forward<Arch, DK, DV>(q, k, v, o, p.lse, lens, scale, var,
-                                                    p.scratch);
+        const auto var =
+            engine::make_variant(score, mask, sink, engine::no_output_mod{}, rope_keys<Arch>{rope});
+        attend::detail::dense_forward<Arch, DK, DV>(q, k, v, o, p.lse, lens, scale, var, p.scratch);
       } else {
-        attend::detail::dense_forward<Arch, DK, DV>(q, k, v, o, p.lse, lens, scale,
-                                                    engine::make_variant(score, mask, sink),
-                                                    p.scratch);
+        attend::detail::dense_forward<Arch, DK, DV>(
+            q, k, v, o, p.lse, lens, scale, engine::make_variant(score, mask, sink), p.scratch);
       }
     });
   });
@@ -278,8 +276,8 @@ void streaming_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& 
   if (s.rope != nullptr) {
     ATTEND_CHECK(s.rope->max_positions() >= k.extent(1) && s.rope->rotary_dim() <= q.extent(3), op,
                  ": rope table covers ", s.rope->max_positions(), " positions and ",
-                 s.rope->rotary_dim(), " dims; the cache has ", k.extent(1),
-                 " slots of head dim ", q.extent(3));
+                 s.rope->rotary_dim(), " dims; the cache has ", k.extent(1), " slots of head dim ",
+                 q.extent(3));
     const index_t batch = q.extent(0), seq_q = q.extent(1), heads = q.extent(2), d = q.extent(3);
     rotated.resize(static_cast<std::size_t>(batch * seq_q * heads * d));
     const auto rv = bshd(rotated.data(), batch, seq_q, heads, d);
@@ -287,7 +285,8 @@ void streaming_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& 
       const index_t len = p.kv_lens.has_value() ? p.kv_lens(b) : k.extent(1);
       for (index_t i = 0; i < seq_q; ++i)
         for (index_t h = 0; h < heads; ++h) {
-          std::memcpy(&rv(b, i, h, 0), &qc(b, i, h, 0), static_cast<std::size_t>(d) * sizeof(float));
+          std::memcpy(&rv(b, i, h, 0), &qc(b, i, h, 0),
+                      static_cast<std::size_t>(d) * sizeof(float));
           const index_t pos = len - seq_q + i;
           if (pos >= 0) s.rope->template rotate<Arch>(&rv(b, i, h, 0), pos);
         }
@@ -296,8 +295,8 @@ void streaming_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& 
   }
   const engine::standard_mask base = attend::detail::make_mask(p);
   if (s.window >= 0)
-    detail::streaming_run<Arch>(qr, kc, vc, o, p, intersect(sink_window_mask{s.sink, s.window}, base),
-                                s.rope);
+    detail::streaming_run<Arch>(qr, kc, vc, o, p,
+                                intersect(sink_window_mask{s.sink, s.window}, base), s.rope);
   else
     detail::streaming_run<Arch>(qr, kc, vc, o, p, base, s.rope);
 }
