@@ -8,6 +8,7 @@
 // of sparse_problem.hpp. Selector rows also report `select_ms` and `select_pct` (selection time
 // as a percentage of the sparse attention it drives) and `density` (of the causal work).
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -15,6 +16,12 @@
 #include "attend/dense/attention.hpp"
 #include "attend/sparse/accuracy.hpp"
 #include "attend/sparse/block_sparse.hpp"
+#include "attend/sparse/select/flexprefill.hpp"
+#include "attend/sparse/select/lowbit.hpp"
+#include "attend/sparse/select/minference.hpp"
+#include "attend/sparse/select/moba.hpp"
+#include "attend/sparse/select/proxy.hpp"
+#include "attend/sparse/select/quest.hpp"
 #include "bench_common.hpp"
 #include "sparse_problem.hpp"
 
@@ -36,26 +43,31 @@ struct dense_reference {
     workspace ws;
     p.scratch = &ws;
     const auto ov = bshd(o.data(), s.batch, s.seq_q, s.heads_q, s.dim);
-    attention(pb.q, pb.k, pb.v, ov, p);  // warm-up (page faults, workspace)
-    seconds = median_seconds(reps, [&] { attention(pb.q, pb.k, pb.v, ov, p); });
     p.lse = lse_view();
-    attention(pb.q, pb.k, pb.v, ov, p);
+    attention(pb.q, pb.k, pb.v, ov, p);  // the reference outputs; also the warm-up
+    p.lse = {};
+    seconds = median_seconds(reps, [&] { attention(pb.q, pb.k, pb.v, ov, p); });
   }
   view3<float> lse_view() {
     return view3<float>::contiguous(lse.data(), {pb.s.batch, pb.s.heads_q, pb.s.seq_q});
   }
   view4<float> o_view() { return bshd(o.data(), pb.s.batch, pb.s.seq_q, pb.s.heads_q, pb.s.dim); }
 
-  static dense_reference& get(const char* name, int reps) {
-    static std::unique_ptr<dense_reference> cached;
+  static dense_reference& get(const std::string& name, int reps) {
+    static std::map<std::string, std::unique_ptr<dense_reference>> cached;
     static std::mutex mu;
     std::lock_guard<std::mutex> lock(mu);
-    if (!cached) cached = std::make_unique<dense_reference>(shapes().at(name), reps);
-    return *cached;
+    auto& slot = cached[name];
+    if (!slot) slot = std::make_unique<dense_reference>(shapes().at(name), reps);
+    return *slot;
   }
 };
 
 dense_reference<float>& dense_s1() { return dense_reference<float>::get("S1", 3); }
+template <class KV>
+dense_reference<KV>& dense_s2() {
+  return dense_reference<KV>::get("S2", 15);
+}
 
 /// Reports speedup / recall / rel_err of a sparse run whose output (o, lse) was produced with
 /// the same params as the dense reference.
@@ -111,11 +123,129 @@ void run_block_density(benchmark::State& st, double density) {
   report_accuracy(st, ref, seconds, pb.o, p.lse);
 }
 
+/// A selector row: per iteration, select (timed) then block_sparse_attention (timed); speedup
+/// over dense counts both.
+template <class Select>
+void run_selector(benchmark::State& st, Select&& select) {
+  auto& ref = dense_s1();
+  const shape& s = ref.pb.s;
+  auto& pb = ref.pb;
+  attention_params p;
+  p.causal = true;
+  workspace ws;
+  p.scratch = &ws;
+  std::vector<double> t_sel, t_att;
+  sparse::block_mask mask;
+  const double seconds = timed_loop(st, [&] {
+    const auto a = std::chrono::steady_clock::now();
+    mask = select(pb);
+    const auto b = std::chrono::steady_clock::now();
+    sparse::block_sparse_attention(pb.q, pb.k, pb.v, pb.o, mask, p);
+    const auto c = std::chrono::steady_clock::now();
+    t_sel.push_back(std::chrono::duration<double>(b - a).count());
+    t_att.push_back(std::chrono::duration<double>(c - b).count());
+  });
+  auto median = [](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  };
+  std::vector<float> lse(ref.lse.size());
+  p.lse = view3<float>::contiguous(lse.data(), {s.batch, s.heads_q, s.seq_q});
+  sparse::block_sparse_attention(pb.q, pb.k, pb.v, pb.o, mask, p);
+  const double dens = mask.density(true);
+  report_compute(st, seconds, attention_flops(s) * dens);
+  st.counters["density"] = dens;
+  st.counters["select_ms"] = median(t_sel) * 1e3;
+  st.counters["attend_ms"] = median(t_att) * 1e3;
+  st.counters["select_pct"] = 100.0 * median(t_sel) / median(t_att);
+  report_accuracy(st, ref, seconds, pb.o, p.lse);
+}
+
+/// Quest on S2: metadata built once (it is kept incrementally during decoding); per iteration
+/// the page selection and the attention over the selected pages.
+template <class KV>
+void run_quest(benchmark::State& st, index_t budget, bool shared) {
+  auto& ref = dense_s2<KV>();
+  const shape& s = ref.pb.s;
+  auto& pb = ref.pb;
+  sparse::page_metadata<bf16> meta(s.batch, s.heads_kv, s.dim, s.seq_k, 16);
+  meta.update(view4<const KV>(pb.k), s.seq_k);
+  attention_params p;
+  workspace ws;
+  p.scratch = &ws;
+  sparse::quest_params qp{budget, shared};
+  std::vector<double> t_sel, t_att;
+  sparse::block_mask mask;
+  const view4<const float> q = pb.q;
+  const double seconds = timed_loop(st, [&] {
+    const auto a = std::chrono::steady_clock::now();
+    mask = sparse::quest_select(q, s.seq_k, meta, qp);
+    const auto b = std::chrono::steady_clock::now();
+    sparse::block_sparse_attention(pb.q, pb.k, pb.v, pb.o, mask, p);
+    const auto c = std::chrono::steady_clock::now();
+    t_sel.push_back(std::chrono::duration<double>(b - a).count());
+    t_att.push_back(std::chrono::duration<double>(c - b).count());
+  });
+  auto median = [](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    return v[v.size() / 2];
+  };
+  std::vector<float> lse(ref.lse.size());
+  p.lse = view3<float>::contiguous(lse.data(), {s.batch, s.heads_q, s.seq_q});
+  sparse::block_sparse_attention(pb.q, pb.k, pb.v, pb.o, mask, p);
+  // Bytes: metadata of every page (bf16 max + min per KV head) + the selected K/V rows.
+  const double rows = double(mask.nnz()) * 16;
+  const double bytes = double(s.heads_kv) * double(s.seq_k / 16) * 2 * s.dim * 2 +
+                       rows * 2 * s.dim * sizeof(KV);
+  report_bandwidth(st, seconds, bytes, 4.0 * s.heads_q * budget * s.dim);
+  st.counters["select_ms"] = median(t_sel) * 1e3;
+  st.counters["attend_ms"] = median(t_att) * 1e3;
+  report_accuracy(st, ref, seconds, pb.o, p.lse);
+}
+
 const bool registered = [] {
   for (int d : {5, 10, 20})
     add("sparse.block/S1/f32/d" + std::to_string(d),
         [d](benchmark::State& st) { run_block_density(st, d / 100.0); });
-  add_quick("^sparse\\.block/S1/f32/d10$");
+  for (index_t budget : {2048, 4096})
+    for (bool shared : {false, true}) {
+      const std::string suffix = "/b" + std::to_string(budget) + (shared ? "/kvshared" : "");
+      add("sparse.quest/S2/f32" + suffix,
+          [=](benchmark::State& st) { run_quest<float>(st, budget, shared); });
+      add("sparse.quest/S2/bf16" + suffix,
+          [=](benchmark::State& st) { run_quest<bf16>(st, budget, shared); });
+    }
+  using P = sparse_problem<float>;
+  add("sparse.moba/S1/f32", [](benchmark::State& st) {
+    run_selector(st, [](P& pb) { return sparse::moba_select(view4<const float>(pb.q), view4<const float>(pb.k)); });
+  });
+  add("sparse.flexprefill/S1/f32", [](benchmark::State& st) {
+    run_selector(st, [](P& pb) {
+      return sparse::flexprefill_select(view4<const float>(pb.q), view4<const float>(pb.k),
+                                        view4<const float>(pb.v));
+    });
+  });
+  add("sparse.minference/S1/f32", [](benchmark::State& st) {
+    run_selector(st, [](P& pb) {
+      return sparse::minference_select(view4<const float>(pb.q), view4<const float>(pb.k),
+                                       view4<const float>(pb.v));
+    });
+  });
+  add("sparse.proxy/S1/f32", [](benchmark::State& st) {
+    run_selector(st, [](P& pb) {
+      return sparse::proxy_select(view4<const float>(pb.q), view4<const float>(pb.k),
+                                  view4<const float>(pb.v));
+    });
+  });
+  add("sparse.lowbit/S1/f32", [](benchmark::State& st) {
+    run_selector(st, [](P& pb) {
+      return sparse::lowbit_select(view4<const float>(pb.q), view4<const float>(pb.k),
+                                   view4<const float>(pb.v));
+    });
+  });
+  add_quick("^sparse\\.block/S1/f32/d10/");
+  add_quick("^sparse\\.quest/S2/bf16/b2048/");
+  add_quick("^sparse\\.flexprefill/S1/f32/");
   return true;
 }();
 

@@ -230,7 +230,8 @@ void block_sparse_forward(const view4<const float>& q, const view4<const KV>& k,
 
   // Key-major extras per thread: gathered queries [max_rows][dk], the accumulated LSE of the
   // unit's rows, one output row.
-  const index_t gather_floats = key_major ? max_rows * dk + hu * seq_q + dv + 64 : 0;
+  // (A multiple of 16 floats, so every thread's scratch stays 64-byte aligned.)
+  const index_t gather_floats = key_major ? (max_rows * dk + hu * seq_q + dv + 15) / 16 * 16 : 0;
   workspace local;
   workspace& ws = user_scratch ? *user_scratch : local;
   float* const base_ptr = ws.reserve((per_thread + gather_floats) * threads);
