@@ -153,6 +153,18 @@ void dense_forward(const view4<const float>& q, const view4<const KV>& k, const 
                               user_scratch);
 }
 
+/// The output `out` does not overlap any optional input of p (bias, mask, alibi_slopes, sinks,
+/// kv_lens); absent ones are skipped.
+template <class T, std::size_t R>
+void check_disjoint_params(const char* op, const char* name, const tensor_view<T, R>& out,
+                           const attention_params& p) {
+  check_disjoint(op, name, out, "bias", p.bias);
+  check_disjoint(op, name, out, "mask", p.mask);
+  check_disjoint(op, name, out, "alibi_slopes", p.alibi_slopes);
+  check_disjoint(op, name, out, "sinks", p.sinks);
+  check_disjoint(op, name, out, "kv_lens", p.kv_lens);
+}
+
 /// Checks every argument of attention() before any work; throws attend::invalid_argument.
 template <class KV>
 void validate_attention(const char* op, const view4<const float>& q, const view4<const KV>& k,
@@ -206,6 +218,9 @@ void validate_attention(const char* op, const view4<const float>& q, const view4
     check_disjoint(op, "lse", p.lse, "k", k);
     check_disjoint(op, "lse", p.lse, "v", v);
   }
+  // Outputs written while other rows still read the optional inputs must not alias them.
+  check_disjoint_params(op, "o", o, p);
+  check_disjoint_params(op, "lse", p.lse, p);
 }
 
 /// The mask of attention_params: causal folds into the right window bound.

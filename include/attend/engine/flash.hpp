@@ -335,11 +335,11 @@ void run_rows(const problem<KV>& pb, const row_block& rb, const Keys& keys, cons
     float* o = ws.acc + r * ldacc;
     const float l = ws.l[r];
     float lse = neg_inf;
-    if (l > 0.0f) {
+    if (l == 0.0f) {  // no key, or only -inf scores: the empty state
+      std::fill(o, o + dv, 0.0f);
+    } else {  // l is NaN after a NaN or +inf score: o and lse become NaN, never "empty"
       scale_row<Arch>(o, dv, 1.0f / l);
       lse = ws.m[r] + std::log(l);
-    } else {
-      std::fill(o, o + dv, 0.0f);
     }
     const row_ctx ctx{rb.batch, ri.head[r], ri.query[r], ri.pos[r]};
     if constexpr (!Stats::is_identity)

@@ -26,12 +26,18 @@ ATTEND_INLINE void scale_row(float* x, index_t n, float factor) noexcept {
 }
 
 /// Weights of two normalised states in their merge: o = wa o_a + wb o_b, lse = logaddexp.
-/// Two empty states (lse = -inf) give wa = wb = 0 and lse = -inf, never NaN.
+/// Two empty states (lse = -inf) give wa = wb = 0 and lse = -inf, never NaN; a NaN state
+/// (lse = NaN) makes everything NaN, also against an empty one.
 struct merge_weights {
   float wa = 0.0f, wb = 0.0f, lse = neg_inf;
 };
 
+/// The merge weights of two normalised states with LSEs lse_a and lse_b.
 inline merge_weights weights_of(float lse_a, float lse_b) noexcept {
+  if (std::isnan(lse_a) || std::isnan(lse_b)) {  // fmax below would drop the NaN
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    return {nan, nan, nan};
+  }
   const float m = std::fmax(lse_a, lse_b);
   if (m == neg_inf) return {};
   const float ea = std::exp(lse_a - m), eb = std::exp(lse_b - m);
