@@ -289,7 +289,10 @@ void attention_dispatch(const view4<const float>& q, const view4<const KV>& k,
 /// \param q [batch, seq_q, heads_q, head_dim] float
 /// \param k [batch, seq_k, heads_kv, head_dim] float, bf16 or fp16
 /// \param v [batch, seq_k, heads_kv, head_dim_v], same type as k (head_dim_v may differ)
-/// \param o [batch, seq_q, heads_q, head_dim_v] float output
+/// \param o [batch, seq_q, heads_q, head_dim_v] float output; must not overlap q, k, v
+/// \param params options (attention_params): masks, score modifiers, sinks, optional lse
+///        output, and a reusable workspace (`scratch`) that avoids allocating per call.
+/// Runs on OpenMP's current thread limit (one thread inside an active parallel region).
 /// Any layout expressible by strides with a contiguous last axis (BSHD, BHSD, fused QKV, caches
 /// with capacity > length). heads_q must be a multiple of heads_kv (GQA/MQA). seq_q may differ
 /// from seq_k (cross attention, decode, chunked prefill; causal is bottom-right aligned). With
