@@ -69,11 +69,12 @@ void reference_head(const view4<const TQ>& q, const view4<const TK>& k, const vi
   for (index_t j = 0; j < seq_k; ++j)
     for (index_t d = 0; d < dk; ++d)
       fk[j * dk + d] = phi_ref(c.map, static_cast<double>(to_float(k(b, j, h, d))));
-  auto log_a = [&](index_t t) {  // log decay applied when token t arrives
+  std::vector<double> step_decay(static_cast<std::size_t>(seq_k));  // factor when t arrives
+  for (index_t t = 0; t < seq_k; ++t) {
     double a = c.decay.empty() ? 0.0 : std::log(c.decay[static_cast<std::size_t>(h)]);
     if (!gates.empty()) a += gates[static_cast<std::size_t>((b * seq_k + t) * heads + h)];
-    return a;
-  };
+    step_decay[static_cast<std::size_t>(t)] = std::exp(a);
+  }
   std::vector<double> w(static_cast<std::size_t>(seq_k));
   for (index_t i = 0; i < seq_q; ++i) {
     for (index_t e = 0; e < dv; ++e) out(b, i, h, e) = 0.0;
@@ -84,7 +85,7 @@ void reference_head(const view4<const TQ>& q, const view4<const TK>& k, const vi
     const double n = static_cast<double>(last + 1);
     double sum_w = 0.0, decay = 1.0;  // decay = Π_{j < t <= i} exp(a_t), walking j down from i
     for (index_t j = last; j >= 0; --j) {
-      if (c.causal && j < last) decay *= std::exp(log_a(j + 1));
+      if (c.causal && j < last) decay *= step_decay[static_cast<std::size_t>(j + 1)];
       double dot = 0.0;
       for (index_t d = 0; d < dk; ++d) dot += fq[d] * fk[j * dk + d];
       w[j] = decay * dot;

@@ -257,10 +257,10 @@ TEST(linear, gates_at_chunk_boundaries) {
 }
 
 /// Long sequences with extreme decays: tiny λ, log gates of -1e4 and -80, and no decay at all
-/// over 3000 tokens: no overflow, no NaN, still equal to the explicit weights.
+/// over 1024 tokens (16 chunks): no overflow, no NaN, still equal to the explicit weights.
 TEST(linear, long_sequences_with_extreme_decays_stay_finite) {
-  const index_t T = 3000, H = 3;
-  linear_io<> io(1, T, T, H, 16, 16, layout::bshd, 21);
+  const index_t T = 1024, H = 3;
+  linear_io<> io(1, T, T, H, 8, 8, layout::bshd, 21);
   std::vector<float> decay = {1e-30f, 1.0f, 0.5f};
   std::vector<float> gates = random_gates(1, T, H, -2.0f, 8);
   for (index_t t = 0; t < T; t += 37) gates[t * H + 1] = -1e4f;
