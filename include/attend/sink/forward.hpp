@@ -18,6 +18,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../dense/attention.hpp"
@@ -77,6 +79,17 @@ struct block_geometry {
     return rb;
   }
 };
+
+/// True when a statistics policy has `S bound(const engine::row_block&, index_t* table,
+/// index_t table_len) const`: the driver then calls it per row block (table: per-thread scratch
+/// of table_len entries, at least the block's padded rows) and runs the bound copy.
+template <class S, class = void>
+struct binds_rows : std::false_type {};
+template <class S>
+struct binds_rows<
+    S, std::void_t<decltype(std::declval<const S&>().bound(std::declval<const engine::row_block&>(),
+                                                           std::declval<index_t*>(), index_t{}))>>
+    : std::true_type {};
 
 /// Mergeable row statistics for row_stats_forward. A policy S provides the engine's protocol
 /// (engine/variant.hpp, no_row_stats): `accumulators` (1..4) and `visit<Arch>`, plus
@@ -153,7 +166,10 @@ void row_stats_forward(const view4<const float>& q, const view4<const KV>& k,
   const index_t splits = split ? (seq_k + split - 1) / split : 1;
 
   const int threads = attend::detail::max_threads();
-  const index_t per_thread = scratch_t::floats(max_rows, dk, dv);
+  constexpr index_t w = simd::lanes<Arch>;
+  const index_t ld_max = (max_rows + w - 1) / w * w;
+  const index_t engine_floats = scratch_t::floats(max_rows, dk, dv);
+  const index_t per_thread = engine_floats + 2 * ld_max + 16;  // + a row table (bound stats)
   const index_t partial_row = dv + 1 + A;
   const index_t partial_floats = splits > 1 ? batch * heads_q * seq_q * splits * partial_row : 0;
   workspace local;
@@ -169,6 +185,15 @@ void row_stats_forward(const view4<const float>& q, const view4<const KV>& k,
     return scratch_t::carve(b, max_rows, dk, dv);
   };
   adaptor_t adaptor{stats, sink, nullptr, splits, 0, heads_q, seq_q, dv};
+  // Statistics that need to know where a block's rows go get a copy bound to the block.
+  auto bind = [&](adaptor_t ad, const engine::row_block& rb, int t) {
+    if constexpr (binds_rows<Stats>::value)
+      ad.inner = ad.inner.bound(
+          rb, reinterpret_cast<index_t*>(base + t * per_thread + engine_floats), ld_max);
+    (void)rb;
+    (void)t;
+    return ad;
+  };
   auto store_row = [&](const engine::row_ctx& ctx, const float* row, float l) {
     if (o.has_value())
       std::memcpy(o.data() + o.offset(ctx.batch, ctx.query, ctx.head, 0), row,
@@ -177,13 +202,13 @@ void row_stats_forward(const view4<const float>& q, const view4<const KV>& k,
   };
 
   if (splits == 1) {
-    const auto var =
-        engine::make_variant(score, mask, engine::no_sink{}, engine::no_output_mod{}, key, adaptor);
     attend::detail::parallel_for(geo.groups * geo.query_tiles, threads, [&](index_t item, int t) {
       const index_t tile = geo.query_tiles - 1 - item / geo.groups;  // heaviest causal first
       const index_t g = item % geo.groups;
       const engine::row_block rb =
           geo.block(g, tile, length_of(g / (geo.kv_chunks * geo.head_chunks)));
+      const auto var = engine::make_variant(score, mask, engine::no_sink{}, engine::no_output_mod{},
+                                            key, bind(adaptor, rb, t));
       engine::run_rows<Arch, DK, DV>(pb, rb, keys, var, scratch_of(t),
                                      [&](index_t, const engine::row_ctx& ctx, float* row, float l) {
                                        engine::join_sink<Arch>(row, l, adaptor.sink_logit(ctx.head),
@@ -202,14 +227,14 @@ void row_stats_forward(const view4<const float>& q, const view4<const KV>& k,
         engine::dense_keys<KV> part = keys;
         part.begin = s * split;
         part.end = part.begin + split;
-        adaptor_t ad = adaptor;
+        const index_t g = rest % geo.groups;
+        const engine::row_block rb =
+            geo.block(g, rest / geo.groups, length_of(g / (geo.kv_chunks * geo.head_chunks)));
+        adaptor_t ad = bind(adaptor, rb, t);
         ad.partial = partial;
         ad.split = s;
         const auto var =
             engine::make_variant(score, mask, engine::no_sink{}, engine::no_output_mod{}, key, ad);
-        const index_t g = rest % geo.groups;
-        const engine::row_block rb =
-            geo.block(g, rest / geo.groups, length_of(g / (geo.kv_chunks * geo.head_chunks)));
         engine::run_rows<Arch, DK, DV>(
             pb, rb, part, var, scratch_of(t),
             [&](index_t, const engine::row_ctx& ctx, const float* row, float l) {

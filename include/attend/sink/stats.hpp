@@ -91,6 +91,41 @@ struct entropy_stats {
   }
 };
 
+/// Records every score the forward computes, s_ij, into a [batch, heads_q, seq_q, seq_k] buffer
+/// (pre-filled with -inf: keys in skipped tiles stay -inf). Decode only (seq_q <= 16): a row of
+/// seq_k floats per query, never the N x N matrix of a prefill. Bound per row block to a table of
+/// each block row's offset in the buffer (-1 for padding rows).
+struct score_recorder {
+  static constexpr bool is_identity = false;
+  static constexpr int accumulators = 0;
+  float* scores = nullptr;
+  index_t heads_q = 0, seq_q = 0, seq_k = 0;
+  const index_t* row_off = nullptr;
+
+  score_recorder bound(const engine::row_block& rb, index_t* table, index_t len) const noexcept {
+    score_recorder r = *this;
+    for (index_t i = 0; i < len; ++i)
+      table[i] = i < rb.rows()
+                     ? ((rb.batch * heads_q + rb.head_of(i)) * seq_q + rb.query_of(i)) * seq_k
+                     : -1;
+    r.row_off = table;
+    return r;
+  }
+
+  template <class Arch>
+  ATTEND_INLINE void visit(float*, index_t, const index_t* kpos, index_t j, index_t r,
+                           simd::vfloat<Arch> s, simd::vfloat<Arch>) const noexcept {
+    constexpr index_t w = simd::lanes<Arch>;
+    alignas(64) float sv[w];
+    s.store_aligned(sv);
+    const index_t key = kpos[j];
+    for (index_t i = 0; i < w; ++i)
+      if (row_off[r + i] >= 0) scores[row_off[r + i] + key] = sv[i];
+  }
+
+  void store(const engine::row_ctx&, const float*, float, float, float) const noexcept {}
+};
+
 /// Validates the stats outputs against the problem's sizes.
 template <class TQ, class TK>
 void validate_stats_outputs(const char* op, const view4<TQ>& q, const view4<TK>& k,
@@ -321,6 +356,94 @@ void accumulate_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>&
   s.col_count = counts;
   s.accumulate = true;
   column_stats(q, k, lse, p, s);
+}
+
+/// Decode with H2O's heavy-hitter scores as a by-product, in ONE pass over the cache: o (and
+/// p.lse) exactly as attend::attention writes them, and
+/// scores(b, h, j) += sum_i P_ij over the call's queries (counts(b, h, j) += the number of them
+/// that see key j, if given). The forward's statistics hook records each score as the engine
+/// computes it (a row of seq_k floats per query), and P = exp(s - lse) is formed after the
+/// split-K merge, so K is read once (accumulate_attention reads it a second time).
+/// \param q [batch, seq_q <= 16, heads_q, dk]; k, v [batch, seq_k, heads_kv, dk / dv]; o output
+/// \param scores, counts [batch, heads_q, seq_k] running sums (zero them before the prompt,
+///        e.g. with column_stats over the prompt's rows)
+template <class TQ, class TK, class TV>
+void attention_h2o(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& k,
+                   const tensor_view<TV, 4>& v, const tensor_view<float, 4>& o,
+                   const attention_params& p, const view3<float>& scores,
+                   const view3<float>& counts = {}) {
+  using KV = std::remove_const_t<TK>;
+  using Arch = xsimd::default_arch;
+  using V = simd::vfloat<Arch>;
+  constexpr index_t w = simd::lanes<Arch>;
+  static_assert(std::is_same_v<std::remove_const_t<TQ>, float>, "q must be float");
+  static_assert(std::is_same_v<KV, std::remove_const_t<TV>>, "k and v must have one type");
+  static_assert(is_storage_type_v<KV>, "k and v must be float, bf16 or fp16");
+  constexpr const char* op = "attend::sink::attention_h2o";
+  const view4<const float> qc = q;
+  const view4<const KV> kc = k, vc = v;
+  attend::detail::validate_attention(op, qc, kc, vc, o, p);
+  const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
+  const index_t seq_k = k.extent(1);
+  ATTEND_CHECK(seq_q <= 16, op, ": seq_q (", seq_q, ") must be <= 16 (decode); use ",
+               "accumulate_attention / column_stats for longer query blocks");
+  stats_outputs s;
+  s.col_sum = scores;
+  s.col_count = counts;
+  ATTEND_CHECK(scores.has_value(), op, ": scores is required");
+  detail::validate_stats_outputs(op, qc, kc, s);
+  for (const view3<float>* out : {&scores, &counts}) {
+    attend::detail::check_disjoint(op, "scores / counts", *out, "o", o);
+    attend::detail::check_disjoint(op, "scores / counts", *out, "v", vc);
+    attend::detail::check_disjoint(op, "scores / counts", *out, "lse", p.lse);
+  }
+  std::vector<float> rec(static_cast<std::size_t>(batch * heads_q * seq_q * seq_k),
+                         engine::neg_inf),
+      lse_buf;
+  view3<float> lse = p.lse;
+  if (!lse.has_value()) {
+    lse_buf.resize(static_cast<std::size_t>(batch * heads_q * seq_q));
+    lse = view3<float>::contiguous(lse_buf.data(), {batch, heads_q, seq_q});
+  }
+  const detail::score_recorder recorder{rec.data(), heads_q, seq_q, seq_k, nullptr};
+  const engine::standard_mask mask = attend::detail::make_mask(p);
+  const engine::sink_logits sink{p.sinks.has_value() ? p.sinks.data() : nullptr};
+  const index_t* lens = p.kv_lens.has_value() ? p.kv_lens.data() : nullptr;
+  const float scale = attend::detail::resolve_scale(p, q.extent(3));
+  attend::detail::dispatch_head_dims(q.extent(3), v.extent(3), [&](auto kdk, auto kdv) {
+    constexpr index_t DK = decltype(kdk)::value, DV = decltype(kdv)::value;
+    detail::with_score_mod(p, [&](auto score) {
+      detail::row_stats_forward<Arch, DK, DV>(qc, kc, vc, o, lse, lens, scale, score, mask, sink,
+                                              engine::no_key_transform{}, recorder, p.scratch);
+    });
+  });
+  // P = exp(s - lse), summed over the queries in order (deterministic).
+  const int threads =
+      batch * heads_q * seq_k >= (index_t{1} << 16) ? attend::detail::max_threads() : 1;
+  attend::detail::parallel_for(batch * heads_q, threads, [&](index_t bh, int) {
+    const index_t b = bh / heads_q, h = bh % heads_q;
+    const index_t len = lens ? lens[b] : seq_k;
+    float* dst = &scores(b, h, 0);
+    float* cnt = counts.has_value() ? &counts(b, h, 0) : nullptr;
+    for (index_t i = 0; i < seq_q; ++i) {
+      const float l = lse(b, h, i);
+      if (l == engine::neg_inf) continue;
+      const float* src = rec.data() + ((b * heads_q + h) * seq_q + i) * seq_k;
+      const V vl(l), one(1.0f), zero(0.0f), ninf(engine::neg_inf);
+      index_t j = 0;
+      for (; j + w <= len; j += w) {
+        const V sv = V::load_unaligned(src + j);
+        (V::load_unaligned(dst + j) + simd::exp<Arch>(sv - vl)).store_unaligned(dst + j);
+        if (cnt)
+          (V::load_unaligned(cnt + j) + xsimd::select(sv > ninf, one, zero))
+              .store_unaligned(cnt + j);
+      }
+      for (; j < len; ++j) {
+        dst[j] += src[j] == engine::neg_inf ? 0.0f : std::exp(src[j] - l);
+        if (cnt) cnt[j] += src[j] > engine::neg_inf;
+      }
+    }
+  });
 }
 
 /// H2O's keep set for one head: the `recent` most recent keys plus the `heavy` keys with the
