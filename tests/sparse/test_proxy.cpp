@@ -1,6 +1,6 @@
 // ProxyAttn against a re-implementation of the card (group-mean proxy queries on the sampled
-// rows, max-pooled proxy softmax per block, per-head budgets from the pooled estimate, forced
-// first and diagonal blocks), planted needles and attention.
+// rows, max-pooled proxy softmax per block, per-head budgets from each head's last-query row,
+// forced first and diagonal blocks), planted needles and attention.
 #include "attend/sparse/select/proxy.hpp"
 #include "selector_ref.hpp"
 
@@ -42,16 +42,10 @@ void check_against_ref(const sparse_case<float>& t, const proxy_params& pp) {
         for (index_t qb = 0; qb < nq; ++qb) {
           const index_t i0 = qb * bs, i1 = std::min(lq, i0 + bs);
           const index_t first_diag = (off + i0) / bs, lim = (off + i1 - 1) / bs;
-          std::vector<double> qp(d, 0.0), est(lim + 1);
-          for (index_t i = i0; i < i1; ++i)
-            for (index_t c = 0; c < d; ++c) qp[c] += t.q.view(b, i, h, c) / double(i1 - i0);
-          for (index_t kb = 0; kb <= lim; ++kb) {
-            const auto km = ref::key_mean(t, b, hk, kb * bs, std::min(lk, (kb + 1) * bs));
-            double s = 0;
-            for (index_t c = 0; c < d; ++c) s += qp[c] * km[c];
-            est[kb] = s * scale;
-          }
-          ref::softmax(est);
+          // Budget: the head's own attention row of the block's last query, per key block.
+          const auto a = ref::attention_row(t, b, h, i1 - 1);
+          std::vector<double> est(lim + 1, 0.0);
+          for (index_t j = 0; j < index_t(a.size()); ++j) est[j / bs] += a[j];
           const index_t forced = 1 + (lim - first_diag + 1) - (first_diag == 0 ? 1 : 0);
           const index_t n = std::max({ref::budget(est, pp.gamma), pp.min_blocks, forced});
           std::vector<double> s(imp[qb].begin(), imp[qb].begin() + lim + 1);

@@ -81,13 +81,13 @@ TEST(Quest, PageScoreBoundsEveryKey) {
     if (use_bf16) {
       page_metadata<bf16> meta(1, 1, 16, 64);
       meta.update(k.cview(), index_t{64});
-      sparse::detail::quest_page_scores<xsimd::default_arch>(q.view.data(), 1, meta, 0, 0, 4,
-                                                             scores.data());
+      sparse::detail::quest_page_scores<xsimd::default_arch>(q.view.data(), 1, meta, 0, 0, 0, 4,
+                                                             scores.data(), 4);
     } else {
       page_metadata<float> meta(1, 1, 16, 64);
       meta.update(k.cview(), index_t{64});
-      sparse::detail::quest_page_scores<xsimd::default_arch>(q.view.data(), 1, meta, 0, 0, 4,
-                                                             scores.data());
+      sparse::detail::quest_page_scores<xsimd::default_arch>(q.view.data(), 1, meta, 0, 0, 0, 4,
+                                                             scores.data(), 4);
     }
     for (index_t p = 0; p < 4; ++p)
       for (index_t j = p * 16; j < p * 16 + 16; ++j) {

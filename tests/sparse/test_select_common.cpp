@@ -185,7 +185,7 @@ TEST(SelectScores, ProbeMatchesDoubleSoftmax) {
   float* base = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(ws.data()) + 63) / 64 * 64);
   attend::detail::bump bump(base);
   const auto sc = scratch_t::carve(bump, max_rows, 32, 32);
-  std::vector<float> s(max_rows * seq_k), vert(seq_k, 0.0f), slash(seq_k, 0.0f);
+  std::vector<float> s(sel::probe_floats(seq_k, max_rows)), vert(seq_k, 0.0f), slash(seq_k, 0.0f);
   const float scale = 1.0f / std::sqrt(32.0f);
   sel::probe_last_queries<Arch, 0>(t.q.cview(), t.k.cview(), t.v.cview(), 0, h, last, scale, sc,
                                    max_rows, s.data(), vert.data(), slash.data());

@@ -19,6 +19,7 @@
 #include <optional>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "../core/parallel.hpp"
 #include "../core/validate.hpp"
@@ -93,6 +94,8 @@ struct contiguous_rows {
   index_t k_head_stride() const noexcept { return k.stride(2); }
   index_t v_head_stride() const noexcept { return v.stride(2); }
   bool interleaved() const noexcept { return k.stride(2) < k.stride(1); }
+  index_t k_elems() const noexcept { return k.extent(3); }
+  index_t v_elems() const noexcept { return v.extent(3); }
 };
 
 /// K/V rows of a paged cache.
@@ -115,6 +118,8 @@ struct paged_rows {
   index_t k_head_stride() const noexcept { return k.stride(2); }
   index_t v_head_stride() const noexcept { return v.stride(2); }
   bool interleaved() const noexcept { return k.stride(2) < k.stride(1); }
+  index_t k_elems() const noexcept { return k.extent(3); }
+  index_t v_elems() const noexcept { return v.extent(3); }
 };
 
 /// The ascending union of [0, sink_end), a sorted list and [win_lo, win_hi), restricted to
@@ -147,7 +152,9 @@ struct position_merge {
 };
 
 /// Key source over the union of a list and the implicit ranges, for one KV head per block
-/// (rb.kv_heads == 1). `skip` / `take` select a chunk of the union (split-K decode).
+/// (rb.kv_heads == 1). `skip` / `take` select a chunk of the union (split-K decode). Gathered
+/// rows are scattered, so the rows of each tile are prefetched into L2 one tile ahead (K, and V
+/// when `prefetch_v`), deeper than the decode kernel's own few-key lookahead.
 template <class KV, class Rows>
 struct gather_keys {
   Rows rows;
@@ -156,6 +163,7 @@ struct gather_keys {
   index_t sink_end = 0, win_lo = 0, win_hi = 0;
   index_t skip = 0;
   index_t take = std::numeric_limits<index_t>::max();
+  bool prefetch_v = true;
 
   template <class Mask, class Visit>
   void for_each_tile(const engine::row_block& rb, const Mask& mask,
@@ -168,7 +176,7 @@ struct gather_keys {
       if (m.next() >= hi) return;
     index_t left = take;
     const index_t kvh = rb.kv_head;
-    auto fill = [&](int set, engine::kv_tile<KV>& t) {
+    auto fill = [&](int set, engine::kv_tile<KV>& t, bool ahead) {
       const index_t off = set * buf.capacity;
       for (;;) {
         index_t n = 0;
@@ -190,6 +198,10 @@ struct gather_keys {
         }
         const engine::tile_kind kind = mask.classify(rb, buf.pos[off], buf.pos[off + n - 1]);
         if (kind == engine::tile_kind::empty) continue;
+        if (ahead) {
+          simd::prefetch_rows_l2(buf.k + off, n, index_t{0}, rows.k_elems());
+          if (prefetch_v) simd::prefetch_rows_l2(buf.v + off, n, index_t{0}, rows.v_elems());
+        }
         t = engine::kv_tile<KV>{n,
                                 kind,
                                 buf.pos + off,
@@ -202,9 +214,9 @@ struct gather_keys {
       }
     };
     engine::kv_tile<KV> cur, next;
-    fill(0, cur);
+    fill(0, cur, false);
     for (int set = 1; cur.count > 0; set ^= 1) {
-      fill(set, next);
+      fill(set, next, true);
       cur.next_count = next.count;
       cur.next_k = next.k;
       cur.next_v = next.v;
@@ -293,20 +305,112 @@ struct gather_plan {
   }
 };
 
+/// The lists as the driver reads them: the owner kind that lays out row blocks and, per
+/// (batch, owner, tile), a sorted list (`thread` indexes per-thread buffers).
+struct direct_lists {
+  const token_lists* lists = nullptr;
+  list_owner layout() const noexcept { return lists->owner; }
+  index_t longest() const noexcept {
+    index_t n = 0;
+    for (index_t b = 0; b < lists->indices.extent(0); ++b)
+      for (index_t w = 0; w < lists->indices.extent(1); ++w)
+        for (index_t t = 0; t < lists->indices.extent(2); ++t) n = std::max(n, lists->count(b, w, t));
+    return n;
+  }
+  std::pair<const index_t*, index_t> get(index_t b, index_t own, index_t tile, int) const noexcept {
+    return {lists->list(b, own, tile), lists->count(b, own, tile)};
+  }
+};
+
+/// Per-query-head lists served one KV group per row block (decode): the union of the group's
+/// lists, built per thread; each row then masks the keys outside its own list (own_list_mask).
+/// Every gathered K/V row is loaded once for the group instead of once per head.
+struct group_union_lists {
+  const token_lists* lists = nullptr;
+  index_t group = 1;
+  index_t* buffer = nullptr;  // [threads][group * capacity]
+  list_owner layout() const noexcept { return list_owner::kv_head; }
+  index_t longest() const noexcept {
+    index_t n = 0;
+    for (index_t b = 0; b < lists->indices.extent(0); ++b)
+      for (index_t hk = 0; hk * group < lists->indices.extent(1); ++hk)
+        for (index_t t = 0; t < lists->indices.extent(2); ++t) {
+          index_t sum = 0;
+          for (index_t g = 0; g < group; ++g) sum += lists->count(b, hk * group + g, t);
+          n = std::max(n, sum);
+        }
+    return n;
+  }
+  std::pair<const index_t*, index_t> get(index_t b, index_t hk, index_t tile,
+                                         int thread) const noexcept {
+    index_t* out = buffer + thread * group * lists->capacity();
+    const index_t* l[16];
+    index_t c[16], at[16];
+    const index_t g_n = std::min<index_t>(group, 16);
+    for (index_t g = 0; g < g_n; ++g) {
+      l[g] = lists->list(b, hk * group + g, tile);
+      c[g] = lists->count(b, hk * group + g, tile);
+      at[g] = 0;
+    }
+    index_t n = 0;
+    for (;;) {  // k-way merge, each key once
+      index_t p = std::numeric_limits<index_t>::max();
+      for (index_t g = 0; g < g_n; ++g)
+        if (at[g] < c[g]) p = std::min(p, l[g][at[g]]);
+      if (p == std::numeric_limits<index_t>::max()) break;
+      out[n++] = p;
+      for (index_t g = 0; g < g_n; ++g)
+        if (at[g] < c[g] && l[g][at[g]] == p) ++at[g];
+    }
+    return {out, n};
+  }
+};
+
+/// Score hook of the group-union path: a row keeps a key only if its own head's list (or the
+/// implicit sinks / window) holds it; other keys of the union get -inf.
+template <class Rows>
+struct own_list_mask {
+  static constexpr bool is_identity = false;
+  const token_lists* lists = nullptr;
+  Rows rows;
+  index_t seq_q = 1, sinks = 0, window = 0;
+
+  template <class Arch>
+  void apply(const engine::row_block& rb, const engine::row_info& ri, const index_t* kpos,
+             index_t count, float* st, index_t ld) const noexcept {
+    const index_t qb = lists->query_block, tile = ri.query[0] / qb;
+    const index_t len = rows.length(rb.batch);
+    const index_t first = len - seq_q + tile * qb;
+    const index_t last = len - seq_q + std::min(seq_q, (tile + 1) * qb) - 1;
+    const implicit_ranges ir = implicit_for(len, first, last, sinks, window);
+    const index_t n_rows = rb.rows();
+    for (index_t r = 0; r < n_rows; ++r) {
+      const index_t* l = lists->list(rb.batch, ri.head[r], tile);
+      const index_t c = lists->count(rb.batch, ri.head[r], tile);
+      index_t i = static_cast<index_t>(std::lower_bound(l, l + c, kpos[0]) - l);
+      for (index_t j = 0; j < count; ++j) {
+        const index_t p = kpos[j];
+        while (i < c && l[i] < p) ++i;
+        const bool keep = (i < c && l[i] == p) || p < ir.sink_end || (p >= ir.win_lo && p < ir.win_hi);
+        if (!keep) st[j * ld + r] = engine::neg_inf;
+      }
+    }
+  }
+};
+
 /// The gather driver, generic over the variant (the public operator uses a causal / no mask;
 /// HyperAttention adds a per-key log-weight). q [batch, seq_q, heads_q, dk], o [batch, seq_q,
 /// heads_q, dv], lse optional [batch, heads_q, seq_q]. Inputs must be validated.
-template <class Arch, index_t DK, index_t DV, class KV, class Rows, class Variant>
+template <class Arch, index_t DK, index_t DV, class KV, class Rows, class Lists, class Variant>
 void gather_forward(const view4<const float>& q, const Rows& rows, index_t dv,
-                    const view4<float>& o, const view3<float>& lse, const token_lists& lists,
-                    float scale, index_t sinks, index_t window, const Variant& var,
-                    workspace* user_scratch) {
+                    const view4<float>& o, const view3<float>& lse, const Lists& lists,
+                    index_t query_block, float scale, index_t sinks, index_t window,
+                    const Variant& var, workspace* user_scratch) {
   using scratch_t = engine::scratch<Arch, KV>;
   const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
   const index_t dk = q.extent(3), heads_kv = rows.heads();
   const index_t max_rows = engine::max_rows_for(dk, dv);
-  const gather_plan plan(batch, heads_q, heads_kv, seq_q, lists.owner, lists.query_block,
-                         max_rows);
+  const gather_plan plan(batch, heads_q, heads_kv, seq_q, lists.layout(), query_block, max_rows);
   auto length_of = [&](index_t b) { return rows.length(b); };
 
   // Split-K for decode-shaped calls with few row blocks: chunks of the merged key stream, sized
@@ -314,11 +418,7 @@ void gather_forward(const view4<const float>& q, const Rows& rows, index_t dv,
   index_t splits = 1, split_len = 0;
   const index_t blocks = plan.blocks();
   if (seq_q <= 16 && blocks < 32) {
-    index_t longest = 0;
-    for (index_t b = 0; b < batch; ++b)
-      for (index_t w = 0; w < lists.indices.extent(1); ++w)
-        for (index_t t = 0; t < plan.tiles; ++t) longest = std::max(longest, lists.count(b, w, t));
-    longest += sinks + window + plan.query_block;
+    const index_t longest = lists.longest() + sinks + window + plan.query_block;
     splits = std::min((32 + blocks - 1) / blocks, (longest + 1023) / 1024);
     splits = std::max<index_t>(1, splits);
     const index_t tsize = engine::kv_tile_size<Arch>;
@@ -339,7 +439,8 @@ void gather_forward(const view4<const float>& q, const Rows& rows, index_t dv,
     return scratch_t::carve(b, max_rows, dk, dv);
   };
   // Sets up the key source of a block; false for blocks without queries.
-  auto source_of = [&](index_t item, engine::row_block& rb, gather_keys<KV, Rows>& keys) {
+  auto source_of = [&](index_t item, int thread, engine::row_block& rb,
+                       gather_keys<KV, Rows>& keys) {
     index_t own = 0, tile = 0;
     if (!plan.block(item, rb, own, tile)) return false;
     const index_t len = length_of(rb.batch);
@@ -347,8 +448,9 @@ void gather_forward(const view4<const float>& q, const Rows& rows, index_t dv,
     const auto [first, last] = plan.tile_positions(tile, len);
     const implicit_ranges ir = implicit_for(len, first, last, sinks, window);
     keys.rows = rows;
-    keys.list = lists.list(rb.batch, own, tile);
-    keys.count = lists.count(rb.batch, own, tile);
+    const auto l = lists.get(rb.batch, own, tile, thread);
+    keys.list = l.first;
+    keys.count = l.second;
     keys.sink_end = ir.sink_end;
     keys.win_lo = ir.win_lo;
     keys.win_hi = ir.win_hi;
@@ -359,7 +461,7 @@ void gather_forward(const view4<const float>& q, const Rows& rows, index_t dv,
     parallel_for(blocks, threads, [&](index_t item, int t) {
       engine::row_block rb;
       gather_keys<KV, Rows> keys;
-      if (!source_of(item, rb, keys)) return;
+      if (!source_of(item, t, rb, keys)) return;
       engine::run_rows<Arch, DK, DV>(pb, rb, keys, var, scratch_of(t),
                                      [&](index_t, const engine::row_ctx& ctx, float* row, float l) {
                                        engine::finish_row<Arch>(var, ctx, row, l, dv, o, lse);
@@ -372,7 +474,7 @@ void gather_forward(const view4<const float>& q, const Rows& rows, index_t dv,
     const index_t s = item % splits;
     engine::row_block rb;
     gather_keys<KV, Rows> keys;
-    if (!source_of(item / splits, rb, keys)) return;
+    if (!source_of(item / splits, t, rb, keys)) return;
     keys.skip = s * split_len;
     keys.take = split_len;
     engine::run_rows<Arch, DK, DV>(
@@ -535,11 +637,41 @@ template <class Arch, class KV, class Rows>
 void gather_dispatch(const view4<const float>& q, const Rows& rows, index_t dv,
                      const view4<float>& o, const token_lists& lists, const gather_params& p) {
   const float scale = p.scale ? *p.scale : 1.0f / std::sqrt(static_cast<float>(q.extent(3)));
-  const auto var = engine::make_variant(engine::no_score_mod{}, gather_mask(p.causal));
+  const engine::standard_mask mask = gather_mask(p.causal);
+  const index_t group = q.extent(2) / rows.heads();
+  // Per-head lists at decode: when the heads of a KV group chose mostly the same keys (the
+  // union is at most half of all their entries), one block per group runs over the union, so
+  // each K/V row is read once per group; each row still sees exactly its own list. The test
+  // depends on the lists only.
+  bool group_union = lists.owner == list_owner::q_head && group > 1 && group <= 16 &&
+                     engine::uses_dot_kernel<Arch>(group * std::min(lists.query_block, q.extent(1)));
+  std::vector<index_t> buffer;
+  if (group_union) {
+    buffer.resize(static_cast<std::size_t>(max_threads() * group * lists.capacity()));
+    const group_union_lists gl{&lists, group, buffer.data()};
+    index_t total = 0, merged = 0;
+    for (index_t b = 0; b < q.extent(0); ++b)
+      for (index_t hk = 0; hk < rows.heads(); ++hk)
+        for (index_t t = 0; t < lists.indices.extent(2); ++t) {
+          merged += gl.get(b, hk, t, 0).second;
+          for (index_t g = 0; g < group; ++g) total += lists.count(b, hk * group + g, t);
+        }
+    group_union = 4 * merged <= 3 * total;
+  }
   attend::detail::dispatch_head_dims(q.extent(3), dv, [&](auto kdk, auto kdv) {
     constexpr index_t DK = decltype(kdk)::value, DV = decltype(kdv)::value;
-    gather_forward<Arch, DK, DV, KV>(q, rows, dv, o, p.lse, lists, scale, p.sinks, p.window, var,
-                                     p.scratch);
+    if (group_union) {
+      const group_union_lists gl{&lists, group, buffer.data()};
+      const own_list_mask<Rows> own{&lists, rows, q.extent(1), p.sinks, p.window};
+      const auto var = engine::make_variant(own, mask);
+      gather_forward<Arch, DK, DV, KV>(q, rows, dv, o, p.lse, gl, lists.query_block, scale,
+                                       p.sinks, p.window, var, p.scratch);
+    } else {
+      const auto var = engine::make_variant(engine::no_score_mod{}, mask);
+      gather_forward<Arch, DK, DV, KV>(q, rows, dv, o, p.lse, direct_lists{&lists},
+                                       lists.query_block, scale, p.sinks, p.window, var,
+                                       p.scratch);
+    }
   });
 }
 

@@ -133,6 +133,7 @@ void hip_score(const Rows& rows, const hip_rows& hr, index_t b, index_t s0, inde
   keys.rows = rows;
   keys.list = ws.keys;
   keys.count = nkeys;
+  keys.prefetch_v = false;
   const index_t qchunk = std::min(nq, max_rows);
   for (index_t kv = hr.h0 / hr.group; kv * hr.group < hr.h1; ++kv) {
     const index_t g0 = std::max(hr.h0, kv * hr.group), g1 = std::min(hr.h1, (kv + 1) * hr.group);

@@ -229,69 +229,70 @@ inline double js_distance(const float* p, const float* q, index_t n) {
 }
 
 /// Scratch floats top_k_long needs for n scores.
-inline index_t top_k_long_scratch(index_t n) noexcept { return 2 * n + 16; }
+inline index_t top_k_long_scratch(index_t n) noexcept { return 5 * n + 16; }
 
 /// top_k for long score vectors (token scores over a whole KV cache at decode): the same result
 /// as top_k (indices ascending, NaN and -inf never chosen, ties to the lower index), without
-/// allocation and in a few streaming passes. The k-th largest of the maxima of groups of up to 16
-/// consecutive scores is a lower bound on the k-th largest score (k groups reach it), so only
-/// the groups whose maximum reaches that bound are searched for the exact threshold.
+/// allocation, in two streaming passes that vectorise. Any partition of the scores into at least
+/// k groups bounds the k-th largest score from below by the k-th largest group maximum (k groups
+/// reach it); strided groups {g, g + G, g + 2G, ...} make the maxima a vertical max. Only scores
+/// reaching the bound are kept as candidates (in index order) and searched for the threshold.
 /// \param out room for min(k, n) indices  \param scratch at least top_k_long_scratch(n) floats
 /// Returns the number written: min(k, number of selectable entries).
 inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* out,
                           float* scratch) noexcept {
   if (k <= 0 || n <= 0) return 0;
   const float ninf = -std::numeric_limits<float>::infinity();
-  index_t gs = 16;  // aim for >= 4k groups so that few groups reach the bound
-  while (gs > 1 && n / gs < 4 * k) gs /= 2;
-  const index_t groups = (n + gs - 1) / gs;
-  float* gmax = scratch;
-  float* cand = scratch + groups;
-  for (index_t g = 0; g < groups; ++g) {
-    const index_t i1 = std::min(n, (g + 1) * gs);
-    float m = ninf;
-    for (index_t i = g * gs; i < i1; ++i) m = scores[i] > m ? scores[i] : m;  // NaN never wins
-    gmax[g] = m;
-  }
+  index_t per = 16;  // scores per group; aim for >= 4k groups so that few scores reach the bound
+  while (per > 1 && n / per < 4 * k) per /= 2;
+  const index_t groups = (n + per - 1) / per;
+  float* gmax = scratch;                 // [groups <= n] group maxima
+  float* cval = scratch + n;             // [n] candidate values, in index order
+  float* sel = scratch + 2 * n;          // [n] a copy of them for the threshold search
+  auto* cidx = reinterpret_cast<index_t*>(scratch + 3 * n + (3 * n) % 2);  // [n] their indices
   float bound = ninf;
   if (groups > k) {
-    std::copy(gmax, gmax + groups, cand);
-    std::nth_element(cand, cand + (k - 1), cand + groups, [](float a, float b) { return a > b; });
-    bound = cand[k - 1];
+    for (index_t g = 0; g < groups; ++g) gmax[g] = ninf;
+    for (index_t r = 0; r * groups < n; ++r) {
+      const float* row = scores + r * groups;
+      const index_t m = std::min(groups, n - r * groups);
+      for (index_t g = 0; g < m; ++g) gmax[g] = gmax[g] < row[g] ? row[g] : gmax[g];  // NaN never wins
+    }
+    std::nth_element(gmax, gmax + (k - 1), gmax + groups, [](float a, float b) { return a > b; });
+    bound = gmax[k - 1];
   }
   index_t c = 0;
-  for (index_t g = 0; g < groups; ++g) {
-    if (!(gmax[g] >= bound && gmax[g] > ninf)) continue;
-    const index_t i1 = std::min(n, (g + 1) * gs);
-    for (index_t i = g * gs; i < i1; ++i)
-      if (scores[i] >= bound && scores[i] > ninf) cand[c++] = scores[i];
-  }
-  index_t written = 0;
-  if (c <= k) {  // every candidate is chosen (only possible when fewer than k are selectable)
-    for (index_t g = 0; g < groups; ++g) {
-      if (!(gmax[g] >= bound && gmax[g] > ninf)) continue;
-      const index_t i1 = std::min(n, (g + 1) * gs);
-      for (index_t i = g * gs; i < i1; ++i)
-        if (scores[i] >= bound && scores[i] > ninf) out[written++] = i;
-    }
-    return written;
-  }
-  std::nth_element(cand, cand + (k - 1), cand + c, [](float a, float b) { return a > b; });
-  const float tau = cand[k - 1];
-  index_t above = 0;
-  for (index_t i = 0; i < c; ++i) above += cand[i] > tau ? 1 : 0;
-  index_t ties = k - above;  // entries equal to tau still to take, lowest index first
-  for (index_t g = 0; g < groups; ++g) {
-    if (!(gmax[g] >= tau)) continue;
-    const index_t i1 = std::min(n, (g + 1) * gs);
-    for (index_t i = g * gs; i < i1; ++i) {
-      const float x = scores[i];
-      if (x > tau) {
-        out[written++] = i;
-      } else if (x == tau && ties > 0) {
-        out[written++] = i;
-        --ties;
+  if (bound > ninf) {
+    for (index_t i = 0; i < n; ++i)
+      if (scores[i] >= bound) {
+        cval[c] = scores[i];
+        cidx[c++] = i;
       }
+  } else {
+    for (index_t i = 0; i < n; ++i)
+      if (scores[i] > ninf) {
+        cval[c] = scores[i];
+        cidx[c++] = i;
+      }
+  }
+  if (c <= k) {  // every candidate is chosen (only when at most k entries are selectable)
+    std::copy(cidx, cidx + c, out);
+    return c;
+  }
+  // The k-th largest candidate value, on a copy (the candidates stay in index order).
+  std::copy(cval, cval + c, sel);
+  std::nth_element(sel, sel + (k - 1), sel + c, [](float a, float b) { return a > b; });
+  const float tau = sel[k - 1];
+  index_t above = 0;
+  for (index_t i = 0; i < c; ++i) above += cval[i] > tau ? 1 : 0;
+  index_t ties = k - above;  // entries equal to tau still to take, lowest index first
+  index_t written = 0;
+  for (index_t i = 0; i < c; ++i) {
+    if (cval[i] > tau) {
+      out[written++] = cidx[i];
+    } else if (cval[i] == tau && ties > 0) {
+      out[written++] = cidx[i];
+      --ties;
     }
   }
   return written;

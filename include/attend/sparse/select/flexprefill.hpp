@@ -130,7 +130,7 @@ block_mask flexprefill_select(const view4<const float>& q, const view4<const KV>
   std::vector<thread_buffers> tb(static_cast<std::size_t>(threads));
   for (auto& t : tb) {
     t.ws.resize(static_cast<std::size_t>(ws_floats + 16));
-    t.s.resize(static_cast<std::size_t>(std::min(max_rows, last) * seq_k));
+    t.s.resize(static_cast<std::size_t>(select::probe_floats<Arch>(seq_k, max_rows)));
     t.vertical.resize(static_cast<std::size_t>(seq_k));
     t.slash.resize(static_cast<std::size_t>(seq_k));
     t.qpool.resize(static_cast<std::size_t>(nq * dim));

@@ -109,33 +109,44 @@ block_mask lowbit_select(const view4<const float>& q, const view4<const KV>& k,
     block_sparse_attention(q, k, v, bshd(o.data(), batch, seq_q, hq, dv), pat.mask(), p, pat);
   }
 
-  // 2. Smoothed, quantised keys, transposed per (batch, KV head): [dim][ldt] integers, with
-  // their scales and the channel means.
-  const index_t ldt = select::padded_cols<Arch>(seq_k);
-  std::vector<float> kt(static_cast<std::size_t>(batch * hkv * dim * ldt), 0.0f);
-  std::vector<float> kscale(static_cast<std::size_t>(batch * hkv * seq_k));
-  std::vector<float> kmean(static_cast<std::size_t>(batch * hkv * dim));
-  {
-    std::vector<float> row(static_cast<std::size_t>(dim)), qrow(row.size());
-    for (index_t b = 0; b < batch; ++b)
-      for (index_t h = 0; h < hkv; ++h) {
-        float* mean = kmean.data() + (b * hkv + h) * dim;
-        std::vector<double> acc(static_cast<std::size_t>(dim), 0.0);
-        for (index_t j = 0; j < seq_k; ++j)
-          for (index_t d = 0; d < dim; ++d) acc[d] += to_float(k(b, j, h, d));
-        for (index_t d = 0; d < dim; ++d) mean[d] = static_cast<float>(acc[d] / double(seq_k));
-        float* t = kt.data() + (b * hkv + h) * dim * ldt;
-        for (index_t j = 0; j < seq_k; ++j) {
-          for (index_t d = 0; d < dim; ++d) row[d] = to_float(k(b, j, h, d)) - mean[d];
-          kscale[(b * hkv + h) * seq_k + j] = detail::quantise_row(row.data(), dim, qmax,
-                                                                   qrow.data());
-          for (index_t d = 0; d < dim; ++d) t[d * ldt + j] = qrow[d];
-        }
-      }
-  }
-
-  // 3. Estimates per (batch, query head, query block), in key chunks.
+  // 2. Smoothed, quantised keys per (batch, KV head), transposed in chunks of `chunk` keys
+  // ([chunk][dim][chunk keys], so the micro-kernel's operand panel is contiguous), with their
+  // scales and the channel means.
   constexpr index_t chunk = 256;
+  const index_t nchunks = (seq_k + chunk - 1) / chunk;
+  const index_t per_head = nchunks * dim * chunk;
+  std::vector<float> kt(static_cast<std::size_t>(batch * hkv * per_head), 0.0f);
+  std::vector<float> kscale(static_cast<std::size_t>(batch * hkv * (nchunks * chunk)), 0.0f);
+  std::vector<float> kmean(static_cast<std::size_t>(batch * hkv * dim));
+  const int kthreads =
+      static_cast<int>(std::min<index_t>(attend::detail::max_threads(), batch * hkv));
+  std::vector<std::vector<double>> kacc(static_cast<std::size_t>(kthreads),
+                                        std::vector<double>(static_cast<std::size_t>(dim)));
+  std::vector<std::vector<float>> krow(static_cast<std::size_t>(kthreads),
+                                       std::vector<float>(static_cast<std::size_t>(2 * dim)));
+  attend::detail::parallel_for(batch * hkv, kthreads, [&](index_t item, int th) {
+    const index_t b = item / hkv, h = item % hkv;
+    float* mean = kmean.data() + item * dim;
+    std::vector<double>& acc = kacc[th];
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (index_t j = 0; j < seq_k; ++j)
+      for (index_t d = 0; d < dim; ++d) acc[d] += to_float(k(b, j, h, d));
+    for (index_t d = 0; d < dim; ++d) mean[d] = static_cast<float>(acc[d] / double(seq_k));
+    float* row = krow[th].data();
+    float* qrow = row + dim;
+    float* t = kt.data() + item * per_head;
+    for (index_t j = 0; j < seq_k; ++j) {
+      for (index_t d = 0; d < dim; ++d) row[d] = to_float(k(b, j, h, d)) - mean[d];
+      kscale[item * nchunks * chunk + j] = detail::quantise_row(row, dim, qmax, qrow);
+      float* panel = t + (j / chunk) * dim * chunk + j % chunk;
+      for (index_t d = 0; d < dim; ++d) panel[d * chunk] = qrow[d];
+    }
+  });
+
+  // 3. Estimates per (batch, query head, query block), one key chunk at a time.
+  using V = simd::vfloat<Arch>;
+  constexpr index_t w = simd::lanes<Arch>;
+  const bool vector_check = lp.block_k % w == 0 && chunk % lp.block_k == 0;
   block_mask_builder bld(g);
   const index_t items = batch * hq * nq;
   const int threads = static_cast<int>(std::min<index_t>(attend::detail::max_threads(), items));
@@ -169,34 +180,46 @@ block_mask lowbit_select(const view4<const float>& q, const view4<const KV>& k,
       B.cst[r] = scale * c;
       B.thr[r] = lse[(b * hq + h) * seq_q + i0 + r] + log_tau;
     }
-    std::fill(B.marked.begin(), B.marked.end(), 0);
+    std::uint8_t* marked = B.marked.data();
+    std::fill(marked, marked + nk, 0);
     const index_t lim = p1 / lp.block_k;
     // Always computed: sink blocks and the blocks of the local window.
-    for (index_t kb = 0; kb < std::min(lp.sink_blocks, lim + 1); ++kb) B.marked[kb] = 1;
+    for (index_t kb = 0; kb < std::min(lp.sink_blocks, lim + 1); ++kb) marked[kb] = 1;
     for (index_t kb = std::max<index_t>(0, p0 - lp.local_window + 1) / lp.block_k; kb <= lim; ++kb)
-      B.marked[kb] = 1;
-    const float* ktb = kt.data() + (b * hkv + hk) * dim * ldt;
-    const float* ks = kscale.data() + (b * hkv + hk) * seq_k;
+      marked[kb] = 1;
+    const float* ktb = kt.data() + (b * hkv + hk) * per_head;
+    const float* ks = kscale.data() + (b * hkv + hk) * nchunks * chunk;
     for (index_t j0 = 0; j0 <= p1; j0 += chunk) {
       const index_t n = std::min(chunk, p1 + 1 - j0);
-      // Skip a chunk whose blocks are all marked already.
-      bool open = false;
+      bool open = false;  // a chunk whose blocks are all listed already is skipped
       for (index_t kb = j0 / lp.block_k; kb <= (j0 + n - 1) / lp.block_k && !open; ++kb)
-        open = !B.marked[kb];
+        open = !marked[kb];
       if (!open) continue;
-      select::gemm_rows<Arch>(B.qi.data(), dim, rows, ktb + j0, ldt,
+      select::gemm_rows<Arch>(B.qi.data(), dim, rows, ktb + (j0 / chunk) * dim * chunk, chunk,
                               select::padded_cols<Arch>(n), dim, 1.0f, B.est.data(), chunk);
       for (index_t r = 0; r < rows; ++r) {
         const float* e = B.est.data() + r * chunk;
         const float f = scale * B.sq[r], c = B.cst[r], thr = B.thr[r];
         const index_t jmax = std::min(n, off + i0 + r + 1 - j0);  // causal
-        for (index_t j = 0; j < jmax; ++j)
-          if (f * ks[j0 + j] * e[j] + c >= thr) B.marked[(j0 + j) / lp.block_k] = 1;
+        index_t j = 0;
+        if (vector_check) {
+          const V vf(f), vc(c), vt(thr);
+          for (; j + w <= jmax; j += w) {
+            const index_t kb = (j0 + j) / lp.block_k;
+            if (marked[kb]) continue;
+            const V est = simd::fmadd<Arch>(vf * V::load_unaligned(ks + j0 + j),
+                                            V::load_unaligned(e + j), vc);
+            if (xsimd::any(est >= vt)) marked[kb] = 1;
+          }
+        }
+        for (; j < jmax; ++j)
+          if (!marked[(j0 + j) / lp.block_k] && f * ks[j0 + j] * e[j] + c >= thr)
+            marked[(j0 + j) / lp.block_k] = 1;
       }
     }
     const index_t row = g.row(b, h, qb);
     for (index_t kb = 0; kb <= lim; ++kb)
-      if (B.marked[kb]) bld.add(row, kb);
+      if (marked[kb]) bld.add(row, kb);
   });
   return bld.build();
 }

@@ -159,29 +159,36 @@ struct quest_params {
 
 namespace detail {
 
-/// U_p for the rows q[0..rows) (each dim floats) against pages [0, n) of one (batch, KV head):
-/// scores[r * n + p].
+/// U_p for the rows q[0, rows) (each dim floats, rows <= 8) against pages [p0, p1) of one
+/// (batch, KV head): scores[r * ld + p]. Each page's max and min are loaded (and widened) once
+/// for all rows; 8 rows' sums are reduced together.
 template <class Arch, class M>
 void quest_page_scores(const float* q, index_t rows, const page_metadata<M>& meta, index_t b,
-                       index_t h, index_t n, float* scores) noexcept {
+                       index_t h, index_t p0, index_t p1, float* scores, index_t ld) noexcept {
   using V = simd::vfloat<Arch>;
   constexpr index_t w = simd::lanes<Arch>;
-  const index_t dim = meta.dim();
-  for (index_t p = 0; p < n; ++p) {
+  constexpr index_t R = 8;
+  const index_t dim = meta.dim(), full = dim - dim % w;
+  alignas(64) float sums[w >= R ? w : R];
+  for (index_t p = p0; p < p1; ++p) {
     const M* mx = meta.page(b, h, p);
     const M* mn = mx + dim;
-    for (index_t r = 0; r < rows; ++r) {
-      const float* qr = q + r * dim;
-      V acc(0.0f);
-      index_t c = 0;
-      for (; c + w <= dim; c += w) {
-        const V qv = V::load_unaligned(qr + c);
-        acc += xsimd::max(qv * simd::load<Arch>(mx + c), qv * simd::load<Arch>(mn + c));
+    V acc[R];
+    for (index_t r = 0; r < R; ++r) acc[r] = V(0.0f);
+    for (index_t c = 0; c < full; c += w) {
+      const V vmx = simd::load<Arch>(mx + c), vmn = simd::load<Arch>(mn + c);
+      for (index_t r = 0; r < rows; ++r) {
+        const V qv = V::load_unaligned(q + r * dim + c);
+        acc[r] += xsimd::max(qv * vmx, qv * vmn);
       }
-      float s = simd::reduce_sum<Arch>(acc);
-      for (; c < dim; ++c) s += std::max(qr[c] * to_float(mx[c]), qr[c] * to_float(mn[c]));
-      scores[r * n + p] = s;
     }
+    for (index_t r = 0; r < rows; ++r) {
+      float s = simd::reduce_sum<Arch>(acc[r]);
+      for (index_t c = full; c < dim; ++c)
+        s += std::max(q[r * dim + c] * to_float(mx[c]), q[r * dim + c] * to_float(mn[c]));
+      sums[r] = s;
+    }
+    for (index_t r = 0; r < rows; ++r) scores[r * ld + p] = sums[r];
   }
 }
 
@@ -220,45 +227,47 @@ block_mask quest_select(const view4<const float>& q, index_t seq_k, const page_m
   index_t max_pages = 0;
   for (index_t b = 0; b < batch; ++b) max_pages = std::max(max_pages, meta.pages(b));
   const int threads = attend::detail::max_threads();
-  const index_t items = batch * hkv;
-  const int used = static_cast<int>(std::min<index_t>(threads, items));
-  std::vector<std::vector<float>> scores(static_cast<std::size_t>(used),
-                                         std::vector<float>(group * max_pages + 1));
-  std::vector<std::vector<float>> qrows(static_cast<std::size_t>(used),
-                                        std::vector<float>(group * dim));
+  // Scores [batch, heads_kv][group][max_pages]: pages in chunks across threads (decode has few
+  // KV heads), then one top-k per list.
+  const index_t ld = std::max<index_t>(1, max_pages);
+  std::vector<float> scores(static_cast<std::size_t>(batch * hkv * group * ld));
+  std::vector<float> qrows(static_cast<std::size_t>(batch * hq * dim));
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t h = 0; h < hq; ++h) std::copy_n(&q(b, 0, h, 0), dim, &qrows[(b * hq + h) * dim]);
+  constexpr index_t page_chunk = 256;
+  const index_t chunks = (ld + page_chunk - 1) / page_chunk;
+  attend::detail::parallel_for(batch * hkv * chunks, threads, [&](index_t item, int) {
+    const index_t c = item % chunks, h = (item / chunks) % hkv, b = item / (chunks * hkv);
+    const index_t n = meta.pages(b);
+    if (n <= budget_pages) return;  // every page is kept: no scores needed
+    const index_t p0 = c * page_chunk, p1 = std::min(n - 1, p0 + page_chunk);
+    for (index_t r0 = 0; r0 < group; r0 += 8)
+      detail::quest_page_scores<Arch>(&qrows[(b * hq + h * group + r0) * dim],
+                                      std::min<index_t>(8, group - r0), meta, b, h, p0,
+                                      std::max(p0, p1),
+                                      &scores[((b * hkv + h) * group + r0) * ld], ld);
+  });
+  const index_t lists = batch * (shared ? hkv : hq);
+  const int used = static_cast<int>(std::min<index_t>(threads, lists));
   std::vector<std::vector<index_t>> picks(static_cast<std::size_t>(used),
-                                          std::vector<index_t>(budget_pages + 1 + max_pages));
-  attend::detail::parallel_for(items, used, [&](index_t item, int t) {
-    const index_t b = item / hkv, h = item % hkv, n = meta.pages(b);
+                                          std::vector<index_t>(budget_pages + 1 + ld));
+  attend::detail::parallel_for(lists, used, [&](index_t item, int t) {
+    const index_t b = item / (lists / batch), o = item % (lists / batch), n = meta.pages(b);
     if (n == 0) return;
     index_t* pick = picks[t].data();
-    auto add_rows = [&](index_t row, const float* s) {  // top (K - 1) of pages [0, n - 1) + last
-      index_t c = 0;
-      if (n <= budget_pages) {
-        for (index_t p = 0; p < n; ++p) pick[c++] = p;
-      } else {
-        c = select::top_k(s, n - 1, budget_pages - 1, pick, pick + budget_pages + 1);
-        pick[c++] = n - 1;
-      }
-      bld.add(row, pick, c);
-    };
-    if (n <= budget_pages) {  // every page: no scores needed
-      for (index_t r = 0; r < (shared ? 1 : group); ++r)
-        add_rows(g.row(b, shared ? h : h * group + r, 0), nullptr);
-      return;
-    }
-    float* qr = qrows[t].data();
-    for (index_t r = 0; r < group; ++r)
-      std::copy_n(&q(b, 0, h * group + r, 0), dim, qr + r * dim);
-    float* s = scores[t].data();
-    detail::quest_page_scores<Arch>(qr, group, meta, b, h, n - 1, s);
-    if (shared) {
-      for (index_t r = 1; r < group; ++r)
-        for (index_t p = 0; p < n - 1; ++p) s[p] = std::max(s[p], s[r * (n - 1) + p]);
-      add_rows(g.row(b, h, 0), s);
+    index_t c = 0;
+    if (n <= budget_pages) {
+      for (index_t p = 0; p < n; ++p) pick[c++] = p;
     } else {
-      for (index_t r = 0; r < group; ++r) add_rows(g.row(b, h * group + r, 0), s + r * (n - 1));
+      float* s = &scores[((b * hkv + (shared ? o : o / group)) * group + (shared ? 0 : o % group)) *
+                         ld];
+      if (shared)  // the group's largest bound, folded into the first row
+        for (index_t r = 1; r < group; ++r)
+          for (index_t p = 0; p < n - 1; ++p) s[p] = std::max(s[p], s[r * ld + p]);
+      c = select::top_k(s, n - 1, budget_pages - 1, pick, pick + budget_pages + 1);
+      pick[c++] = n - 1;
     }
+    bld.add(g.row(b, o, 0), pick, c);
   });
   return bld.build();
 }

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 #include "../../engine/flash.hpp"
@@ -138,11 +139,72 @@ void softmax_rows(float* s, index_t rows, index_t n, index_t lds) noexcept {
   }
 }
 
+/// Scores of one engine row block in the engine's key-major layout: S[j * ld + r] = scale
+/// q_r . k_j for keys j < kend the mask keeps, -inf elsewhere and on the padding rows
+/// (r in [rb.rows(), ld), ld = rb.rows() rounded up to the register width, returned). The key
+/// source is dense_keys, so each tile is one contiguous copy. S holds kend * ld floats, 64-byte
+/// aligned.
+template <class Arch, index_t DK, class KV, class Mask>
+index_t keymajor_scores(const view4<const float>& q, const view4<const KV>& k,
+                        const view4<const KV>& v, const engine::row_block& rb, const Mask& mask,
+                        index_t kend, float scale, const engine::scratch<Arch, KV>& ws,
+                        float* S) noexcept {
+  constexpr index_t w = simd::lanes<Arch>;
+  const index_t rows = rb.rows(), ld = (rows + w - 1) / w * w;
+  const engine::problem<KV> pb{q, scale, q.extent(3), v.extent(3)};
+  const engine::dense_keys<KV> keys{k, v, nullptr, 0, kend};
+  const auto var = engine::make_variant(engine::no_score_mod{}, mask);
+  std::fill(S, S + kend * ld, -std::numeric_limits<float>::infinity());
+  engine::score_tiles<Arch, DK>(pb, rb, keys, var, ws,
+                                [&](const engine::kv_tile<KV>& t, const float* st, index_t) {
+                                  std::copy(st, st + t.count * ld, S + t.pos[0] * ld);
+                                });
+  for (index_t j = 0; j < kend; ++j)  // padding rows: scores of zero queries, masked out
+    std::fill(S + j * ld + rows, S + (j + 1) * ld, -std::numeric_limits<float>::infinity());
+  return ld;
+}
+
+/// Softmax along keys of a key-major score block S[j * ld + r] (j < kend) in place, vectorised
+/// along rows: S becomes probabilities; a row of only -inf becomes zeros. `tmp` holds 2 * ld
+/// floats, 64-byte aligned.
+template <class Arch>
+void keymajor_softmax(float* S, index_t kend, index_t ld, float* tmp) noexcept {
+  using V = simd::vfloat<Arch>;
+  constexpr index_t w = simd::lanes<Arch>;
+  const V ninf(-std::numeric_limits<float>::infinity()), zero(0.0f);
+  for (index_t r = 0; r < ld; r += w) {
+    V mx = ninf;
+    for (index_t j = 0; j < kend; ++j) mx = xsimd::max(mx, V::load_aligned(S + j * ld + r));
+    const V mu = xsimd::select(mx == ninf, zero, mx);
+    V sum = zero;
+    for (index_t j = 0; j < kend; ++j) {
+      float* p = S + j * ld + r;
+      const V e = simd::exp<Arch>(V::load_aligned(p) - mu);
+      e.store_aligned(p);
+      sum += e;
+    }
+    xsimd::select(sum > zero, V(1.0f) / sum, zero).store_aligned(tmp + r);
+  }
+  for (index_t j = 0; j < kend; ++j)
+    for (index_t r = 0; r < ld; r += w)
+      (V::load_aligned(S + j * ld + r) * V::load_aligned(tmp + r)).store_aligned(S + j * ld + r);
+}
+
+/// Floats of workspace probe_last_queries needs for seq_k keys and chunks of max_rows rows.
+template <class Arch = xsimd::default_arch>
+constexpr index_t probe_floats(index_t seq_k, index_t max_rows) noexcept {
+  constexpr index_t w = simd::lanes<Arch>;
+  const index_t ld = (max_rows + w - 1) / w * w;
+  return seq_k * ld + 3 * ld + (seq_k + 2 * ld) + 16;
+}
+
 /// The last-q probe of (batch b, query head h): A = softmax(scale q_i . k_j) over causally
 /// visible keys (query i at position seq_k - seq_q + i) for the `last` queries i in
 /// [seq_q - last, seq_q); then vertical[j] += sum_i A[i][j] (j < seq_k) and
 /// slash[o] += sum_i A[i][pos_i - o] (o = pos_i - j >= 0). Rows go through the engine in
-/// chunks of at most `max_rows` (the scratch's row capacity); `s` holds max_rows * seq_k floats.
+/// chunks of at most `max_rows` (the scratch's row capacity); the scores stay in the engine's
+/// key-major layout (one copy per tile, no transpose), so every reduction runs along registers
+/// of rows. `s` holds probe_floats(seq_k, max_rows) floats.
 template <class Arch, index_t DK, class KV>
 void probe_last_queries(const view4<const float>& q, const view4<const KV>& k,
                         const view4<const KV>& v, index_t b, index_t h, index_t last, float scale,
@@ -152,6 +214,12 @@ void probe_last_queries(const view4<const float>& q, const view4<const KV>& k,
   constexpr index_t w = simd::lanes<Arch>;
   const index_t seq_q = q.extent(1), seq_k = k.extent(1);
   const index_t group = q.extent(2) / k.extent(2);
+  const index_t ldmax = (max_rows + w - 1) / w * w;
+  float* const S = reinterpret_cast<float*>(  // [seq_k][ld] scores, then probabilities
+      (reinterpret_cast<std::uintptr_t>(s) + 63) / 64 * 64);
+  float* const tmp = S + seq_k * ldmax;       // [2 ld]
+  float* const sl = tmp + 3 * ldmax;          // slash with ld entries of padding in front
+  std::fill(sl, sl + seq_k + ldmax, 0.0f);
   engine::standard_mask causal;
   causal.right = 0;
   for (index_t c0 = 0; c0 < last; c0 += max_rows) {
@@ -163,18 +231,22 @@ void probe_last_queries(const view4<const float>& q, const view4<const KV>& k,
     rb.query0 = seq_q - last + c0;
     rb.queries = std::min(max_rows, last - c0);
     rb.pos0 = seq_k - seq_q + rb.query0;
-    engine_scores<Arch, DK>(q, k, v, rb, causal, seq_k, scale, ws, s, seq_k);
-    softmax_rows<Arch>(s, rb.queries, seq_k, seq_k);
-    for (index_t r = 0; r < rb.queries; ++r) {
-      const float* a = s + r * seq_k;
-      const index_t pos = rb.pos0 + r;
-      index_t j = 0;
-      for (; j + w <= pos + 1; j += w)
-        (V::load_unaligned(vertical + j) + V::load_unaligned(a + j)).store_unaligned(vertical + j);
-      for (; j <= pos; ++j) vertical[j] += a[j];
-      for (j = 0; j <= pos; ++j) slash[pos - j] += a[j];
+    const index_t kend = rb.pos0 + rb.queries;  // keys any row sees
+    const index_t ld = keymajor_scores<Arch, DK>(q, k, v, rb, causal, kend, scale, ws, S);
+    keymajor_softmax<Arch>(S, kend, ld, tmp);
+    for (index_t j = 0; j < kend; ++j) {
+      const float* p = S + j * ld;
+      V col(0.0f);
+      float* dst = sl + ldmax + rb.pos0 - j;  // slash index of row r: pos0 + r - j
+      for (index_t r = 0; r < ld; r += w) {
+        const V a = V::load_aligned(p + r);
+        col += a;
+        (V::load_unaligned(dst + r) + a).store_unaligned(dst + r);
+      }
+      vertical[j] += simd::reduce_sum<Arch>(col);
     }
   }
+  for (index_t o = 0; o < seq_k; ++o) slash[o] += sl[ldmax + o];
 }
 
 }  // namespace attend::sparse::select

@@ -246,6 +246,7 @@ void score_with_engine(const Rows& rows, const score_buffers& s, bool need_parti
         keys.rows = rows;
         keys.win_lo = j0;
         keys.win_hi = j1;
+        keys.prefetch_v = false;
         engine::score_tiles<Arch, DK>(pb, rb, keys, var, ws, on_tile);
       }
     }
