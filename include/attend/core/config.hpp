@@ -19,6 +19,14 @@
 #define ATTEND_RESTRICT
 #endif
 
+/// Head dims (dk == dv) with compile-time fast paths; any other shape runs the run-time-dim
+/// path. Each listed dim instantiates every kernel once more, so a build that knows its models'
+/// head dims can list only those (or none) to shrink compile time and code size, e.g.
+/// -DATTEND_FAST_HEAD_DIMS=128 or -DATTEND_FAST_HEAD_DIMS= (results are identical either way).
+#ifndef ATTEND_FAST_HEAD_DIMS
+#define ATTEND_FAST_HEAD_DIMS 64, 80, 96, 128, 256
+#endif
+
 namespace attend {
 
 /// Signed 64-bit index for every extent, stride and offset: a 1M-token KV cache with

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <type_traits>
+#include <utility>
 
 #include "../core/params.hpp"
 #include "../core/parallel.hpp"
@@ -30,22 +32,29 @@ inline index_t decode_split_length(index_t seq_q, index_t seq_k) noexcept {
   return std::max<index_t>(512, by_count);
 }
 
+// {0, ATTEND_FAST_HEAD_DIMS}: the leading 0 keeps the list valid when the macro is empty.
+inline constexpr index_t fast_head_dims[] = {0, ATTEND_FAST_HEAD_DIMS};
+
+template <class F, std::size_t... I>
+void dispatch_head_dims(index_t dk, index_t dv, F&& f, std::index_sequence<I...>) {
+  using std::integral_constant;
+  const bool fast =
+      dk == dv && ((dk == fast_head_dims[I + 1]
+                        ? (f(integral_constant<index_t, fast_head_dims[I + 1]>{},
+                             integral_constant<index_t, fast_head_dims[I + 1]>{}),
+                           true)
+                        : false) ||
+                   ...);
+  if (!fast) f(integral_constant<index_t, 0>{}, integral_constant<index_t, 0>{});
+}
+
 /// Calls f(integral_constant<DK>, integral_constant<DV>) with compile-time head dims for the
-/// fast paths (64, 80, 96, 128, 256 with dk == dv) and 0 (run-time dims) otherwise.
+/// fast paths (ATTEND_FAST_HEAD_DIMS, by default 64, 80, 96, 128, 256, with dk == dv) and 0
+/// (run-time dims) otherwise.
 template <class F>
 void dispatch_head_dims(index_t dk, index_t dv, F&& f) {
-  using std::integral_constant;
-  if (dk == dv) {
-    switch (dk) {
-      case 64: return f(integral_constant<index_t, 64>{}, integral_constant<index_t, 64>{});
-      case 80: return f(integral_constant<index_t, 80>{}, integral_constant<index_t, 80>{});
-      case 96: return f(integral_constant<index_t, 96>{}, integral_constant<index_t, 96>{});
-      case 128: return f(integral_constant<index_t, 128>{}, integral_constant<index_t, 128>{});
-      case 256: return f(integral_constant<index_t, 256>{}, integral_constant<index_t, 256>{});
-      default: break;
-    }
-  }
-  f(integral_constant<index_t, 0>{}, integral_constant<index_t, 0>{});
+  constexpr std::size_t n = sizeof(fast_head_dims) / sizeof(fast_head_dims[0]) - 1;
+  dispatch_head_dims(dk, dv, std::forward<F>(f), std::make_index_sequence<n>{});
 }
 
 /// How the dense driver cuts a call into row blocks and, for decode, key splits. Drivers that
@@ -191,8 +200,9 @@ void validate_attention(const char* op, const view4<const float>& q, const view4
   if (p.scale) ATTEND_CHECK(std::isfinite(*p.scale), op, ": scale must be finite (", *p.scale, ")");
   ATTEND_CHECK(p.window_left >= -1 && p.window_right >= -1, op, ": window (", p.window_left, ", ",
                p.window_right, ") must be >= 0, or -1 for unbounded");
-  ATTEND_CHECK(std::isfinite(p.softcap) && p.softcap >= 0.0f, op, ": softcap (", p.softcap,
-               ") must be finite and >= 0");
+  ATTEND_CHECK(std::isfinite(p.softcap) && p.softcap >= 0.0f &&
+                   (p.softcap == 0.0f || std::isfinite(1.0f / p.softcap)),
+               op, ": softcap (", p.softcap, ") must be 0 (off) or finite, > 0 and >= 1 / FLT_MAX");
   if (p.alibi_slopes.has_value()) {
     check_tensor(op, "alibi_slopes", p.alibi_slopes);
     check_extents(op, "alibi_slopes", p.alibi_slopes, {heads_q});

@@ -77,8 +77,9 @@ void attention(const tensor_view<const TQ, 4>& q, const tensor_view<const TK, 4>
   if (p.scale) ATTEND_CHECK(std::isfinite(*p.scale), op, ": scale must be finite (", *p.scale, ")");
   ATTEND_CHECK(p.window_left >= -1 && p.window_right >= -1, op, ": window (", p.window_left, ", ",
                p.window_right, ") must be >= 0, or -1 for unbounded");
-  ATTEND_CHECK(std::isfinite(p.softcap) && p.softcap >= 0.0f, op, ": softcap (", p.softcap,
-               ") must be finite and >= 0");
+  ATTEND_CHECK(std::isfinite(p.softcap) && p.softcap >= 0.0f &&
+                   (p.softcap == 0.0f || std::isfinite(1.0f / p.softcap)),
+               op, ": softcap (", p.softcap, ") must be 0 (off) or finite, > 0 and >= 1 / FLT_MAX");
   if (p.alibi_slopes.has_value()) {
     detail::check_tensor(op, "alibi_slopes", p.alibi_slopes);
     detail::check_extents(op, "alibi_slopes", p.alibi_slopes, {heads_q});
