@@ -7,6 +7,26 @@
 
 set(ATTEND_WARNINGS -Wall -Wextra -Wpedantic)
 
+# Head dims with compile-time fast paths in the project's own test and example binaries
+# (ATTEND_FAST_HEAD_DIMS, see core/config.hpp). Every listed dim instantiates each kernel once
+# more; the dense tests cover all five (ATTEND_DENSE_TEST_FAST_HEAD_DIMS), the families, built
+# on the same engine, one fast dim plus the run-time-dim path, which keeps a clean build of the
+# test suite within minutes on two cores. "all" = the library default, "none" = run-time dims
+# only, otherwise a comma-separated list.
+set(ATTEND_TEST_FAST_HEAD_DIMS "64" CACHE STRING
+    "Fast-path head dims of test and example binaries (all | none | comma-separated list)")
+set(ATTEND_DENSE_TEST_FAST_HEAD_DIMS "all" CACHE STRING
+    "Fast-path head dims of the dense operator's tests (all | none | comma-separated list)")
+
+# attend_head_dims(<target> <setting>): applies one of the settings above to a target.
+function(attend_head_dims target setting)
+  if(setting STREQUAL "none")
+    target_compile_definitions(${target} PRIVATE "ATTEND_FAST_HEAD_DIMS=")
+  elseif(NOT setting STREQUAL "all" AND NOT setting STREQUAL "")
+    target_compile_definitions(${target} PRIVATE "ATTEND_FAST_HEAD_DIMS=${setting}")
+  endif()
+endfunction()
+
 # attend_target_flags(<target> <arch>) with arch = native | avx2 | avx512 | default
 function(attend_target_flags target arch)
   target_compile_options(${target} PRIVATE ${ATTEND_WARNINGS})

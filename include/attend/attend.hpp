@@ -10,5 +10,8 @@
 #include "core/workspace.hpp"
 #include "dense/attention.hpp"
 #include "dense/merge.hpp"
+#include "linear/linear.hpp"
+#include "sink/sink.hpp"
+#include "sparse/sparse.hpp"
 
 #endif  // ATTEND_ATTEND_HPP_
