@@ -52,7 +52,8 @@ void check_pattern(const mask_geometry& g, const Pattern& pat, const Brute& brut
 
 TEST(Patterns, AShape) {
   for (const auto& g : kGeoms)
-    for (auto [sink, window] : {std::pair<index_t, index_t>{4, 40}, {0, 16}, {20, 7}}) {
+    for (const auto& pr : {std::pair<index_t, index_t>{4, 40}, {0, 16}, {20, 7}}) {
+      const index_t sink = pr.first, window = pr.second;
       const index_t off = g.seq_k - g.seq_q;
       auto brute = [=](index_t, index_t, index_t i, index_t j) {
         const index_t p = off + i;
@@ -71,7 +72,8 @@ TEST(Patterns, AShape) {
 
 TEST(Patterns, PowerAttention) {
   for (const auto& g : kGeoms)
-    for (auto [sink, local] : {std::pair<index_t, index_t>{1, 5}, {0, 1}, {2, 0}}) {
+    for (const auto& pr : {std::pair<index_t, index_t>{1, 5}, {0, 1}, {2, 0}}) {
+      const index_t sink = pr.first, local = pr.second;
       const index_t off = g.seq_k - g.seq_q, b = g.block_k;
       auto brute = [=](index_t, index_t, index_t i, index_t j) {
         const index_t p = off + i, d = p / b - j / b;
@@ -82,14 +84,16 @@ TEST(Patterns, PowerAttention) {
     }
   // Out-degree: the last of 64 blocks sees distances 0, 1, 2, 4, ..., 32 + sink + locals.
   const mask_geometry g{1, 1, 64 * 8, 64 * 8, 8, 8};
-  const auto last = sparse::power_pattern(g, 1, 1).mask().row(0, 0, 63);
+  const sparse::block_mask mask = sparse::power_pattern(g, 1, 1).mask();  // rows view into it
+  const auto last = mask.row(0, 0, 63);
   std::vector<index_t> expect = {0, 31, 47, 55, 59, 61, 62, 63};
   EXPECT_EQ(std::vector<index_t>(last.blocks, last.blocks + last.count), expect);
 }
 
 TEST(Patterns, Strided) {
   for (const auto& g : kGeoms)
-    for (auto [local, stride] : {std::pair<index_t, index_t>{2, 3}, {1, 1}, {3, 5}}) {
+    for (const auto& pr : {std::pair<index_t, index_t>{2, 3}, {1, 1}, {3, 5}}) {
+      const index_t local = pr.first, stride = pr.second;
       const index_t off = g.seq_k - g.seq_q, b = g.block_k;
       auto brute = [=](index_t, index_t, index_t i, index_t j) {
         const index_t p = off + i, d = p / b - j / b;
@@ -101,7 +105,8 @@ TEST(Patterns, Strided) {
 
 TEST(Patterns, Dilated) {
   for (const auto& g : kGeoms)
-    for (auto [window, dilation] : {std::pair<index_t, index_t>{3, 2}, {4, 1}, {2, 4}}) {
+    for (const auto& pr : {std::pair<index_t, index_t>{3, 2}, {4, 1}, {2, 4}}) {
+      const index_t window = pr.first, dilation = pr.second;
       const index_t off = g.seq_k - g.seq_q, b = g.block_k;
       auto brute = [=](index_t, index_t, index_t i, index_t j) {
         const index_t p = off + i, d = p / b - j / b;
