@@ -17,7 +17,9 @@ bool is_power_of_two(index_t d) {
 }
 
 const mask_geometry kGeoms[] = {
-    {1, 1, 200, 200, 16, 16}, {2, 1, 100, 170, 16, 16}, {1, 1, 130, 130, 32, 16},
+    {1, 1, 200, 200, 16, 16},
+    {2, 1, 100, 170, 16, 16},
+    {1, 1, 130, 130, 32, 16},
     {1, 1, 97, 97, 24, 24},
 };
 
@@ -36,7 +38,8 @@ void check_pattern(const mask_geometry& g, const Pattern& pat, const Brute& brut
   const block_mask m = pat.mask();
   EXPECT_TRUE(same_mask(m, block_mask::from_predicate(g, brute)));
   for (index_t i = 0; i < g.seq_q; ++i)
-    for (index_t j = 0; j < g.seq_k; ++j) ASSERT_EQ(pat(0, 0, i, j), brute(0, 0, i, j)) << i << " " << j;
+    for (index_t j = 0; j < g.seq_k; ++j)
+      ASSERT_EQ(pat(0, 0, i, j), brute(0, 0, i, j)) << i << " " << j;
   sparse_case<float> t(g.batch, g.seq_q, g.seq_k, 4, 2, 32, 17);
   attention_params p;
   p.causal = true;

@@ -9,8 +9,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "../core/params.hpp"
 #include "../core/parallel.hpp"
+#include "../core/params.hpp"
 #include "../core/validate.hpp"
 #include "../engine/driver.hpp"
 #include "../engine/flash.hpp"
@@ -38,13 +38,12 @@ inline constexpr index_t fast_head_dims[] = {0, ATTEND_FAST_HEAD_DIMS};
 template <class F, std::size_t... I>
 void dispatch_head_dims(index_t dk, index_t dv, F&& f, std::index_sequence<I...>) {
   using std::integral_constant;
-  const bool fast =
-      dk == dv && ((dk == fast_head_dims[I + 1]
-                        ? (f(integral_constant<index_t, fast_head_dims[I + 1]>{},
-                             integral_constant<index_t, fast_head_dims[I + 1]>{}),
-                           true)
-                        : false) ||
-                   ...);
+  const bool fast = dk == dv && ((dk == fast_head_dims[I + 1]
+                                      ? (f(integral_constant<index_t, fast_head_dims[I + 1]>{},
+                                           integral_constant<index_t, fast_head_dims[I + 1]>{}),
+                                         true)
+                                      : false) ||
+                                 ...);
   if (!fast) f(integral_constant<index_t, 0>{}, integral_constant<index_t, 0>{});
 }
 
@@ -71,8 +70,8 @@ struct dense_blocks {
   const index_t* kv_lens = nullptr;
 
   template <class Arch>
-  static dense_blocks plan(index_t batch, index_t seq_q, index_t heads_q, index_t dk,
-                           index_t seq_k, index_t heads_kv, index_t dv, const index_t* kv_lens) {
+  static dense_blocks plan(index_t batch, index_t seq_q, index_t heads_q, index_t dk, index_t seq_k,
+                           index_t heads_kv, index_t dv, const index_t* kv_lens) {
     dense_blocks p;
     p.batch = batch;
     p.seq_q = seq_q;
@@ -83,9 +82,9 @@ struct dense_blocks {
     p.kv_lens = kv_lens;
     p.max_rows = engine::max_rows_for(dk, dv);
     const bool decode_shaped = engine::uses_dot_kernel<Arch>(p.group * seq_q);
-    p.kv_per_block =
-        decode_shaped ? std::min(heads_kv, p.max_rows / engine::dot_rows_padded(p.group * seq_q))
-                      : 1;
+    p.kv_per_block = decode_shaped
+                         ? std::min(heads_kv, p.max_rows / engine::dot_rows_padded(p.group * seq_q))
+                         : 1;
     p.heads_per_block = std::min(p.group, p.max_rows);
     p.queries_per_block = std::max<index_t>(1, p.max_rows / p.heads_per_block);
     p.kv_chunks = (heads_kv + p.kv_per_block - 1) / p.kv_per_block;
@@ -155,8 +154,8 @@ void dense_forward(const view4<const float>& q, const view4<const KV>& k, const 
                    float scale, const Variant& var, workspace* user_scratch) {
   const index_t dk = q.extent(3), dv = v.extent(3);
   const dense_schedule<KV> schedule{
-      dense_blocks::plan<Arch>(q.extent(0), q.extent(1), q.extent(2), dk, k.extent(1),
-                               k.extent(2), dv, kv_lens),
+      dense_blocks::plan<Arch>(q.extent(0), q.extent(1), q.extent(2), dk, k.extent(1), k.extent(2),
+                               dv, kv_lens),
       engine::dense_keys<KV>{k, v, kv_lens}};
   engine::drive<Arch, DK, DV>(engine::problem<KV>{q, scale, dk, dv}, schedule, var, o, lse,
                               user_scratch);
@@ -185,8 +184,8 @@ void validate_attention(const char* op, const view4<const float>& q, const view4
   check_output(op, "o", o);
   const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
   const index_t seq_k = k.extent(1), heads_kv = k.extent(2);
-  ATTEND_CHECK(k.extent(0) == batch && v.extent(0) == batch, op, ": batch of q (", batch,
-               "), k (", k.extent(0), ") and v (", v.extent(0), ") differ");
+  ATTEND_CHECK(k.extent(0) == batch && v.extent(0) == batch, op, ": batch of q (", batch, "), k (",
+               k.extent(0), ") and v (", v.extent(0), ") differ");
   ATTEND_CHECK(v.extent(1) == seq_k && v.extent(2) == heads_kv, op, ": v ", shape_string(v),
                " must match k ", shape_string(k), " in seq_k and heads_kv");
   ATTEND_CHECK(heads_q % heads_kv == 0, op, ": q heads (", heads_q,
@@ -217,8 +216,8 @@ void validate_attention(const char* op, const view4<const float>& q, const view4
     check_tensor(op, "kv_lens", p.kv_lens);
     check_extents(op, "kv_lens", p.kv_lens, {batch});
     for (index_t b = 0; b < batch; ++b)
-      ATTEND_CHECK(p.kv_lens(b) >= 0 && p.kv_lens(b) <= seq_k, op, ": kv_lens[", b, "] = ",
-                   p.kv_lens(b), " is outside [0, seq_k = ", seq_k, "]");
+      ATTEND_CHECK(p.kv_lens(b) >= 0 && p.kv_lens(b) <= seq_k, op, ": kv_lens[", b,
+                   "] = ", p.kv_lens(b), " is outside [0, seq_k = ", seq_k, "]");
   }
   if (p.lse.has_value()) {
     check_output(op, "lse", p.lse);
@@ -237,8 +236,8 @@ void validate_attention(const char* op, const view4<const float>& q, const view4
 inline engine::standard_mask make_mask(const attention_params& p) {
   engine::standard_mask m;
   m.left = p.window_left;
-  m.right = p.causal ? (p.window_right < 0 ? 0 : std::min<index_t>(p.window_right, 0))
-                     : p.window_right;
+  m.right =
+      p.causal ? (p.window_right < 0 ? 0 : std::min<index_t>(p.window_right, 0)) : p.window_right;
   if (p.mask.has_value()) {
     m.mask = p.mask.data();
     m.mask_stride_b = broadcast_stride(p.mask, 0);

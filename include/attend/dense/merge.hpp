@@ -19,7 +19,10 @@ namespace attend {
 /// \param o [batch, seq, heads, dv] result; may be exactly o_a or o_b (in place), otherwise must
 ///        not overlap them
 /// \param lse [batch, heads, seq] result; may be exactly lse_a or lse_b
-/// Rows empty in both inputs give o = 0 and lse = -inf. Threads (OpenMP) over rows for large
+/// An empty state (lse = -inf, o = 0 as every operator writes it) contributes nothing: merged
+/// with another state it gives that state exactly, and rows empty in both give o = 0 and
+/// lse = -inf (a non-finite o under lse = -inf propagates: 0 * NaN). A NaN or +inf lse makes
+/// the row NaN, as a NaN or +inf score does in attention. Threads (OpenMP) over rows for large
 /// inputs. Throws attend::invalid_argument on mismatched extents or overlapping outputs.
 inline void merge_states(const view4<const float>& o_a, const view3<const float>& lse_a,
                          const view4<const float>& o_b, const view3<const float>& lse_b,

@@ -65,8 +65,9 @@ inline problem make_problem(index_t batch, index_t seq, index_t heads, index_t d
   pb.chunk = p.chunk;
   pb.cp = (p.chunk + w - 1) / w * w;
   pb.norm = p.norm;
-  pb.scale = p.scale ? *p.scale
-                     : (p.norm == linear_norm::mala ? 1.0f / std::sqrt(static_cast<float>(dk)) : 1.0f);
+  pb.scale = p.scale
+                 ? *p.scale
+                 : (p.norm == linear_norm::mala ? 1.0f / std::sqrt(static_cast<float>(dk)) : 1.0f);
   pb.eps = p.eps;
   pb.decay = p.decay.has_value() ? p.decay.data() : nullptr;
   if (p.log_gates.has_value()) {
@@ -125,7 +126,8 @@ void combine_state(const problem& pb, float decay, const state_ptrs& prev,
   auto axpy = [&](const float* x, float* y, index_t n) {
     index_t i = 0;
     for (; i + w <= n; i += w)
-      simd::fmadd<Arch>(dv, V::load_unaligned(x + i), V::load_unaligned(y + i)).store_unaligned(y + i);
+      simd::fmadd<Arch>(dv, V::load_unaligned(x + i), V::load_unaligned(y + i))
+          .store_unaligned(y + i);
     for (; i < n; ++i) y[i] = decay * x[i] + y[i];
   };
   axpy(prev.s, cur.s, pb.dk * pb.dvp);
@@ -247,7 +249,8 @@ template <class Arch>
 ATTEND_INLINE void exp_inplace(float* x, index_t n) noexcept {
   using V = simd::vfloat<Arch>;
   constexpr index_t w = simd::lanes<Arch>;
-  for (index_t i = 0; i < n; i += w) simd::exp<Arch>(V::load_unaligned(x + i)).store_unaligned(x + i);
+  for (index_t i = 0; i < n; i += w)
+    simd::exp<Arch>(V::load_unaligned(x + i)).store_unaligned(x + i);
 }
 
 template <class Arch>
@@ -272,13 +275,14 @@ ATTEND_INLINE void finish_row(const problem& pb, const float* ATTEND_RESTRICT u,
   constexpr index_t w = simd::lanes<Arch>;
   const index_t dv = pb.dv;
   float a = pb.scale, c = 0.0f;
+  if (n <= 0 && pb.norm != linear_norm::none) {  // no visible key: 0, not 0 / (0 + eps = 0)
+    std::fill(o, o + dv, 0.0f);
+    return;
+  }
   if (pb.norm == linear_norm::denominator) {
-    a = pb.scale / (pb.scale * d + pb.eps);
+    const float den = pb.scale * d + pb.eps;
+    a = den != 0.0f ? pb.scale / den : 0.0f;  // eps = 0 and no key mass: o = 0, as with eps > 0
   } else if (pb.norm == linear_norm::mala) {
-    if (n <= 0) {  // no visible key
-      std::fill(o, o + dv, 0.0f);
-      return;
-    }
     const float inv_n = static_cast<float>(1.0 / n);
     const float z = pb.scale * d * inv_n;
     a = (1.0f + 1.0f / (z + pb.eps)) * pb.scale * inv_n;
@@ -341,7 +345,8 @@ ATTEND_INLINE void pack_kt(const problem& pb, const FM& phi, const TK* k, index_
   for (index_t c0 = 0; c0 < m; c0 += tb) {
     const index_t rows = std::min(tb, m - c0);
     for (index_t c = 0; c < rows; ++c) {
-      if (c0 + c + prefetch_rows_ahead < m) prefetch_row(k + (t0 + c0 + c + prefetch_rows_ahead) * ks, dk);
+      if (c0 + c + prefetch_rows_ahead < m)
+        prefetch_row(k + (t0 + c0 + c + prefetch_rows_ahead) * ks, dk);
       map_row<Arch>(phi, k + (t0 + c0 + c) * ks, ws.kr + c * dk, dk);
     }
     index_t d0 = 0;
@@ -525,8 +530,8 @@ ATTEND_INLINE void value_operand(const problem& pb, const head_io<TQ, TK, TV>& i
 /// before t0; rev = the head's Toeplitz table (ungated). Returns the chunk's log decay.
 template <class Arch, class FM, class TQ, class TK, class TV>
 double chunk_step(const problem& pb, const FM& phi, const head_io<TQ, TK, TV>& io, index_t t0,
-                  index_t m, const state_ptrs& st, index_t n_before, bool outputs,
-                  const float* rev, const scratch<Arch>& ws) noexcept {
+                  index_t m, const state_ptrs& st, index_t n_before, bool outputs, const float* rev,
+                  const scratch<Arch>& ws) noexcept {
   using V = simd::vfloat<Arch>;
   using cfg = simd::tile_config<Arch>;
   constexpr index_t w = simd::lanes<Arch>;
@@ -558,7 +563,8 @@ double chunk_step(const problem& pb, const FM& phi, const head_io<TQ, TK, TV>& i
     x.lq = io.qs;
   } else {
     for (index_t r = 0; r < m; ++r) {
-      if (r + prefetch_rows_ahead < m) prefetch_row(io.q + (t0 + r + prefetch_rows_ahead) * io.qs, dk);
+      if (r + prefetch_rows_ahead < m)
+        prefetch_row(io.q + (t0 + r + prefetch_rows_ahead) * io.qs, dk);
       map_row<Arch>(phi, io.q + (t0 + r) * io.qs, ws.qp + r * dk, dk);
     }
     x.q = ws.qp;
@@ -587,7 +593,8 @@ double chunk_step(const problem& pb, const FM& phi, const head_io<TQ, TK, TV>& i
       const float* fac;
       if (gated) {
         for (index_t c = 0; c <= r; ++c) ws.fac[c] = static_cast<float>(ws.b[r] - ws.b[c]);
-        for (index_t c = r + 1; c < nv * w; ++c) ws.fac[c] = -std::numeric_limits<float>::infinity();
+        for (index_t c = r + 1; c < nv * w; ++c)
+          ws.fac[c] = -std::numeric_limits<float>::infinity();
         exp_inplace<Arch>(ws.fac, nv * w);
         fac = ws.fac;
       } else {
@@ -633,9 +640,9 @@ void run_causal(const problem& pb, const FM& phi, head_run<TQ, TK, TV>* runs, in
   for (index_t t0 = t_begin; t0 < t_end; t0 += C) {
     const index_t m = std::min(C, t_end - t0);
     for (index_t g = 0; g < count; ++g) {
-      runs[g].total += chunk_step<Arch>(pb, phi, runs[g].io, t0, m, runs[g].st,
-                                        runs[g].n0 + (t0 - t_begin), outputs, ws.rev + g * table,
-                                        ws);
+      runs[g].total +=
+          chunk_step<Arch>(pb, phi, runs[g].io, t0, m, runs[g].st, runs[g].n0 + (t0 - t_begin),
+                           outputs, ws.rev + g * table, ws);
       if (g + 1 < count)
         prefetch_chunk_start(pb, runs[g + 1].io, t0, t_end, outputs);
       else
@@ -670,8 +677,8 @@ void absorb_keys(const problem& pb, const FM& phi, const head_run<TQ, TK, TV>* r
 /// Non-causal pass 2: outputs of queries [t_begin, t_end) of `count` heads against their full
 /// states of runs[g].n0 keys.
 template <class Arch, class FM, class TQ, class TK, class TV>
-void read_queries(const problem& pb, const FM& phi, const head_run<TQ, TK, TV>* runs,
-                  index_t count, index_t t_begin, index_t t_end, const scratch<Arch>& ws) noexcept {
+void read_queries(const problem& pb, const FM& phi, const head_run<TQ, TK, TV>* runs, index_t count,
+                  index_t t_begin, index_t t_end, const scratch<Arch>& ws) noexcept {
   constexpr index_t w = simd::lanes<Arch>;
   const index_t dk = pb.dk, dvp = pb.dvp;
   for (index_t t0 = t_begin; t0 < t_end; t0 += pb.chunk) {
@@ -680,7 +687,8 @@ void read_queries(const problem& pb, const FM& phi, const head_run<TQ, TK, TV>* 
       const auto& io = runs[g].io;
       const state_ptrs& st = runs[g].st;
       for (index_t r = 0; r < m; ++r) {
-        if (r + prefetch_rows_ahead < m) prefetch_row(io.q + (t0 + r + prefetch_rows_ahead) * io.qs, dk);
+        if (r + prefetch_rows_ahead < m)
+          prefetch_row(io.q + (t0 + r + prefetch_rows_ahead) * io.qs, dk);
         map_row<Arch>(phi, io.q + (t0 + r) * io.qs, ws.qp + r * dk, dk);
       }
       gemm_rm<Arch>(m, dvp / w, dk, ws.qp, dk, st.s, dvp, ws.ot, dvp, false);
