@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -249,7 +250,8 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
   float* gmax = scratch;                 // [groups <= n] group maxima
   float* cval = scratch + n;             // [n] candidate values, in index order
   float* sel = scratch + 2 * n;          // [n] a copy of them for the threshold search
-  auto* cidx = reinterpret_cast<index_t*>(scratch + 3 * n + (3 * n) % 2);  // [n] their indices
+  auto* cidx = reinterpret_cast<index_t*>(  // [n] their indices, 8-byte aligned (slack: 16)
+      (reinterpret_cast<std::uintptr_t>(scratch + 3 * n) + 7) & ~std::uintptr_t{7});
   float bound = ninf;
   if (groups > k) {
     for (index_t g = 0; g < groups; ++g) gmax[g] = ninf;
