@@ -40,6 +40,32 @@ inline constexpr bool kMaskedValuesMayLeak = true;
 /// Oracle cost budget per case (multiply-adds): keeps a case a few milliseconds under ASan.
 inline constexpr index_t kOracleBudget = 1'500'000;
 
+/// The entry of the attention-like targets: the first bytes choose the mode (agreement 4/8,
+/// extreme 2/8, invalid 2/8) and the K/V storage type, then run(type_tag<KV>{}, in, mode) draws
+/// the case from the rest. (The byte order is the corpora's: keep it.)
+template <class T>
+struct type_tag {
+  using type = T;
+};
+template <class Run>
+int run_target(const std::uint8_t* data, std::size_t size, Run&& run) {
+  input in(data, size);
+  const index_t mode_byte = in.range(0, 7);
+  const mode m = mode_byte < 4 ? mode::agreement : mode_byte < 6 ? mode::extreme : mode::invalid;
+  switch (in.range(0, 2)) {
+    case 0:
+      run(type_tag<float>{}, in, m);
+      break;
+    case 1:
+      run(type_tag<bf16>{}, in, m);
+      break;
+    default:
+      run(type_tag<fp16>{}, in, m);
+      break;
+  }
+  return 0;
+}
+
 struct attention_shape {
   index_t batch = 1, seq_q = 1, seq_k = 1, heads_q = 1, heads_kv = 1, dk = 1, dv = 1;
 };

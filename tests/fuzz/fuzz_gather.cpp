@@ -341,20 +341,8 @@ void run_invalid(input& in) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace attend::fuzz;
-  using attend::index_t;
-  input in(data, size);
-  const index_t mode_byte = in.range(0, 7);
-  const mode m = mode_byte < 4 ? mode::agreement : mode_byte < 6 ? mode::extreme : mode::invalid;
-  switch (in.range(0, 2)) {
-    case 0:
-      m == mode::invalid ? run_invalid<float>(in) : run_valid<float>(in, m);
-      break;
-    case 1:
-      m == mode::invalid ? run_invalid<attend::bf16>(in) : run_valid<attend::bf16>(in, m);
-      break;
-    default:
-      m == mode::invalid ? run_invalid<attend::fp16>(in) : run_valid<attend::fp16>(in, m);
-      break;
-  }
-  return 0;
+  return run_target(data, size, [](auto tag, input& in, mode m) {
+    using KV = typename decltype(tag)::type;
+    m == mode::invalid ? run_invalid<KV>(in) : run_valid<KV>(in, m);
+  });
 }

@@ -235,20 +235,6 @@ void run(input& in, mode m) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace attend::fuzz;
-  using attend::index_t;
-  input in(data, size);
-  const index_t mode_byte = in.range(0, 7);
-  const mode m = mode_byte < 4 ? mode::agreement : mode_byte < 6 ? mode::extreme : mode::invalid;
-  switch (in.range(0, 2)) {
-    case 0:
-      run<float>(in, m);
-      break;
-    case 1:
-      run<attend::bf16>(in, m);
-      break;
-    default:
-      run<attend::fp16>(in, m);
-      break;
-  }
-  return 0;
+  return run_target(data, size,
+                    [](auto tag, input& in, mode m) { run<typename decltype(tag)::type>(in, m); });
 }
