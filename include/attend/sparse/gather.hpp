@@ -640,7 +640,7 @@ void gather_dispatch(const view4<const float>& q, const Rows& rows, index_t dv,
   const engine::standard_mask mask = gather_mask(p.causal);
   const index_t group = q.extent(2) / rows.heads();
   // Per-head lists at decode: when the heads of a KV group chose mostly the same keys (the
-  // union is at most half of all their entries), one block per group runs over the union, so
+  // union is at most three quarters of all their entries), one block per group runs over the union, so
   // each K/V row is read once per group; each row still sees exactly its own list. The test
   // depends on the lists only.
   bool group_union = lists.owner == list_owner::q_head && group > 1 && group <= 16 &&
