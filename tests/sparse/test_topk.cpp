@@ -175,6 +175,26 @@ TEST(TopkLong, EqualsTopK) {
     }
 }
 
+TEST(TopkLong, BoundFromAnUnrepresentativeSample) {
+  // top_k_long first tries a bound from every 4th strided group: here those groups hold all the
+  // large scores (the trial bound is too high and must be rejected) or all the small ones (the
+  // bound is valid but weak).
+  std::mt19937 rng(1001);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  const index_t n = 1 << 17, k = 2048, groups = n / 16;
+  for (const bool sample_high : {true, false}) {
+    std::vector<float> s(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i)
+      s[i] = u(rng) + ((i % groups) % 4 == 0 ? (sample_high ? 1.0f : -1.0f) : 0.0f);
+    const auto want = sparse::select::top_k(s.data(), n, k);
+    std::vector<index_t> got(static_cast<std::size_t>(k));
+    std::vector<float> scratch(static_cast<std::size_t>(sparse::select::top_k_long_scratch(n)));
+    got.resize(static_cast<std::size_t>(
+        sparse::select::top_k_long(s.data(), n, k, got.data(), scratch.data())));
+    EXPECT_EQ(got, want) << "sample_high " << sample_high;
+  }
+}
+
 TEST(TopkSelect, PagedEqualsContiguous) {
   const index_t sk = 777, hkv = 2, hq = 4, d = 64, page = 32, pages = (sk + page - 1) / page;
   std::mt19937 rng(1100);

@@ -235,7 +235,8 @@ void qk_dot(const KV* const* ATTEND_RESTRICT krows, index_t count, const float* 
     reduce_sum_rows<Arch>(acc).store_aligned(sums);
     const index_t ks = std::min<index_t>(KS, count - j0);
     for (index_t s = 0; s < ks; ++s)
-      for (index_t r = 0; r < rows; ++r) {
+      ATTEND_UNROLL for (int r = 0; r < RP; ++r) {  // unrolled: a few floats, not a memcpy call
+        if (r >= rows) break;
         float x = sums[s * RP + r];
         for (index_t d = dfull; d < dk; ++d) x += load_scalar(kp[s] + d) * q[r * dk + d];
         st[(j0 + s) * ld + r] = x;

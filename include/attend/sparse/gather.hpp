@@ -323,46 +323,63 @@ struct direct_lists {
 };
 
 /// Per-query-head lists served one KV group per row block (decode): the union of the group's
-/// lists, built per thread; each row then masks the keys outside its own list (own_list_mask).
-/// Every gathered K/V row is loaded once for the group instead of once per head.
+/// lists, merged once per call (in parallel) into `buffer`; each row then masks the keys outside
+/// its own list (own_list_mask). Every gathered K/V row is loaded once for the group instead of
+/// once per head.
 struct group_union_lists {
   const token_lists* lists = nullptr;
-  index_t group = 1;
-  index_t* buffer = nullptr;  // [threads][group * capacity]
+  index_t group = 1, heads_kv = 1;
+  index_t* buffer = nullptr;  // [batch][heads_kv][tiles][group * capacity] merged lists
+  index_t* counts = nullptr;  // [batch][heads_kv][tiles] their lengths
+
+  index_t tiles() const noexcept { return lists->indices.extent(2); }
+  index_t units() const noexcept { return lists->indices.extent(0) * heads_kv * tiles(); }
+  index_t unit_of(index_t b, index_t hk, index_t tile) const noexcept {
+    return (b * heads_kv + hk) * tiles() + tile;
+  }
+  /// Merges every unit's lists (each key once); returns (sum of union lengths, sum of entries).
+  std::pair<index_t, index_t> build() const {
+    const index_t cap = group * lists->capacity();
+    parallel_for(units(), max_threads(), [&](index_t u, int) {
+      const index_t tile = u % tiles(), hk = (u / tiles()) % heads_kv, b = u / (tiles() * heads_kv);
+      const index_t* l[16];
+      index_t c[16], at[16];
+      for (index_t g = 0; g < group; ++g) {
+        l[g] = lists->list(b, hk * group + g, tile);
+        c[g] = lists->count(b, hk * group + g, tile);
+        at[g] = 0;
+      }
+      index_t* out = buffer + u * cap;
+      index_t n = 0;
+      for (;;) {  // k-way merge
+        index_t p = std::numeric_limits<index_t>::max();
+        for (index_t g = 0; g < group; ++g)
+          if (at[g] < c[g]) p = std::min(p, l[g][at[g]]);
+        if (p == std::numeric_limits<index_t>::max()) break;
+        out[n++] = p;
+        for (index_t g = 0; g < group; ++g)
+          if (at[g] < c[g] && l[g][at[g]] == p) ++at[g];
+      }
+      counts[u] = n;
+    });
+    index_t merged = 0, total = 0;
+    for (index_t u = 0; u < units(); ++u) merged += counts[u];
+    for (index_t b = 0; b < lists->indices.extent(0); ++b)
+      for (index_t h = 0; h < lists->indices.extent(1); ++h)
+        for (index_t t = 0; t < tiles(); ++t) total += lists->count(b, h, t);
+    return {merged, total};
+  }
+
   list_owner layout() const noexcept { return list_owner::kv_head; }
   index_t longest() const noexcept {
     index_t n = 0;
-    for (index_t b = 0; b < lists->indices.extent(0); ++b)
-      for (index_t hk = 0; hk * group < lists->indices.extent(1); ++hk)
-        for (index_t t = 0; t < lists->indices.extent(2); ++t) {
-          index_t sum = 0;
-          for (index_t g = 0; g < group; ++g) sum += lists->count(b, hk * group + g, t);
-          n = std::max(n, sum);
-        }
+    for (index_t u = 0; u < units(); ++u) n = std::max(n, counts[u]);
     return n;
   }
   std::pair<const index_t*, index_t> get(index_t b, index_t hk, index_t tile,
-                                         int thread) const noexcept {
-    index_t* out = buffer + thread * group * lists->capacity();
-    const index_t* l[16];
-    index_t c[16], at[16];
-    const index_t g_n = std::min<index_t>(group, 16);
-    for (index_t g = 0; g < g_n; ++g) {
-      l[g] = lists->list(b, hk * group + g, tile);
-      c[g] = lists->count(b, hk * group + g, tile);
-      at[g] = 0;
-    }
-    index_t n = 0;
-    for (;;) {  // k-way merge, each key once
-      index_t p = std::numeric_limits<index_t>::max();
-      for (index_t g = 0; g < g_n; ++g)
-        if (at[g] < c[g]) p = std::min(p, l[g][at[g]]);
-      if (p == std::numeric_limits<index_t>::max()) break;
-      out[n++] = p;
-      for (index_t g = 0; g < g_n; ++g)
-        if (at[g] < c[g] && l[g][at[g]] == p) ++at[g];
-    }
-    return {out, n};
+                                         int) const noexcept {
+    const index_t u = unit_of(b, hk, tile);
+    return {buffer + u * group * lists->capacity(), counts[u]};
   }
 };
 
@@ -645,23 +662,19 @@ void gather_dispatch(const view4<const float>& q, const Rows& rows, index_t dv,
   // depends on the lists only.
   bool group_union = lists.owner == list_owner::q_head && group > 1 && group <= 16 &&
                      engine::uses_dot_kernel<Arch>(group * std::min(lists.query_block, q.extent(1)));
-  std::vector<index_t> buffer;
+  std::vector<index_t> buffer;  // the merged lists and their lengths
+  group_union_lists gl{&lists, group, rows.heads()};
   if (group_union) {
-    buffer.resize(static_cast<std::size_t>(max_threads() * group * lists.capacity()));
-    const group_union_lists gl{&lists, group, buffer.data()};
-    index_t total = 0, merged = 0;
-    for (index_t b = 0; b < q.extent(0); ++b)
-      for (index_t hk = 0; hk < rows.heads(); ++hk)
-        for (index_t t = 0; t < lists.indices.extent(2); ++t) {
-          merged += gl.get(b, hk, t, 0).second;
-          for (index_t g = 0; g < group; ++g) total += lists.count(b, hk * group + g, t);
-        }
+    const index_t units = gl.units();
+    buffer.resize(static_cast<std::size_t>(units * (group * lists.capacity() + 1)));
+    gl.buffer = buffer.data();
+    gl.counts = buffer.data() + units * group * lists.capacity();
+    const auto [merged, total] = gl.build();
     group_union = 4 * merged <= 3 * total;
   }
   attend::detail::dispatch_head_dims(q.extent(3), dv, [&](auto kdk, auto kdv) {
     constexpr index_t DK = decltype(kdk)::value, DV = decltype(kdv)::value;
     if (group_union) {
-      const group_union_lists gl{&lists, group, buffer.data()};
       const own_list_mask<Rows> own{&lists, rows, q.extent(1), p.sinks, p.window};
       const auto var = engine::make_variant(own, mask);
       gather_forward<Arch, DK, DV, KV>(q, rows, dv, o, p.lse, gl, lists.query_block, scale,

@@ -2,7 +2,8 @@
 // cumulative-mass budget (FlexPrefill, VMoBA, ProxyAttn), pooling of key/query rows into block
 // representatives (mean / max / min / sum), softmax over a score vector and the Jensen-Shannon
 // divergence (FlexPrefill's pattern test). Plain scalar code over caller-owned arrays: these run
-// on pooled or probed scores, a small fraction of the attention they drive.
+// on pooled or probed scores, a small fraction of the attention they drive; only top_k_long,
+// which scans a score per cached token at decode, uses SIMD.
 //
 // Conventions: scores are float; -inf (or NaN) marks an entry that must never be chosen (masked
 // by causality, say); index lists come back sorted ascending, the order block_mask rows and
@@ -20,6 +21,7 @@
 #include "../../core/dtype.hpp"
 #include "../../core/error.hpp"
 #include "../../core/tensor_view.hpp"
+#include "../../simd/xsimd_compat.hpp"
 
 namespace attend::sparse::select {
 
@@ -242,6 +244,8 @@ inline index_t top_k_long_scratch(index_t n) noexcept { return 5 * n + 16; }
 /// Returns the number written: min(k, number of selectable entries).
 inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* out,
                           float* scratch) noexcept {
+  using V = simd::vfloat<xsimd::default_arch>;
+  constexpr index_t w = simd::lanes<xsimd::default_arch>;
   if (k <= 0 || n <= 0) return 0;
   const float ninf = -std::numeric_limits<float>::infinity();
   index_t per = 16;  // scores per group; aim for >= 4k groups so that few scores reach the bound
@@ -255,21 +259,44 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
   float bound = ninf;
   if (groups > k) {
     for (index_t g = 0; g < groups; ++g) gmax[g] = ninf;
-    for (index_t r = 0; r * groups < n; ++r) {
+    for (index_t r = 0; r * groups < n; ++r) {  // streams the scores; gmax stays in L1
       const float* row = scores + r * groups;
       const index_t m = std::min(groups, n - r * groups);
       for (index_t g = 0; g < m; ++g) gmax[g] = gmax[g] < row[g] ? row[g] : gmax[g];  // NaN never wins
     }
-    std::nth_element(gmax, gmax + (k - 1), gmax + groups, [](float a, float b) { return a > b; });
-    bound = gmax[k - 1];
+    auto desc = [](float a, float b) { return a > b; };
+    // A cheaper bound first: a rank slightly past k / 4 in every 4th group maximum. It is a
+    // valid bound when at least k group maxima reach it; otherwise take the exact k-th largest.
+    float* sample = sel;  // free until the candidates are copied
+    const index_t ns = groups / 4, rank = k / 4 + k / 16;
+    if (rank >= 1 && rank < ns) {
+      for (index_t i = 0; i < ns; ++i) sample[i] = gmax[4 * i];
+      std::nth_element(sample, sample + (rank - 1), sample + ns, desc);
+      const float trial = sample[rank - 1];
+      index_t reach = 0;
+      for (index_t g = 0; g < groups; ++g) reach += gmax[g] >= trial ? 1 : 0;
+      if (reach >= k) bound = trial;
+    }
+    if (bound == ninf) {
+      std::nth_element(gmax, gmax + (k - 1), gmax + groups, desc);
+      bound = gmax[k - 1];
+    }
   }
   index_t c = 0;
   if (bound > ninf) {
-    for (index_t i = 0; i < n; ++i)
-      if (scores[i] >= bound) {
-        cval[c] = scores[i];
-        cidx[c++] = i;
-      }
+    // Few scores reach the bound: test a register at a time, look closer only at hits.
+    const V vb(bound);
+    auto keep_from = [&](index_t i, index_t end) {
+      for (index_t e = i; e < end; ++e)
+        if (scores[e] >= bound) {
+          cval[c] = scores[e];
+          cidx[c++] = e;
+        }
+    };
+    const index_t whole = n - n % w;
+    for (index_t i = 0; i < whole; i += w)
+      if (xsimd::any(V::load_unaligned(scores + i) >= vb)) keep_from(i, i + w);
+    keep_from(whole, n);
   } else {
     for (index_t i = 0; i < n; ++i)
       if (scores[i] > ninf) {
