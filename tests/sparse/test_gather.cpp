@@ -94,6 +94,15 @@ TEST(Gather, DecodeSplitsLongListsAndMerges) {
   run_case<bf16>(b, 301);
 }
 
+TEST(Gather, OverlappingHeadListsShareOneGroupPass) {
+  // Per-query-head lists that overlap heavily run over the union of the group's lists (one pass
+  // per KV group); every row must still see exactly its own list plus sinks and window.
+  const gather_case a{2, 1, 3000, 8, 2, 64, 64, list_owner::q_head, 1, 3, 40, true, true, 0.6};
+  run_case<float>(a, 310);
+  const gather_case b{1, 1, 700, 4, 2, 32, 32, list_owner::q_head, 1, 0, 9, false, false, 0.7};
+  run_case<float>(b, 311);
+}
+
 TEST(Gather, EmptyListsGiveZeroAndMinusInfinity) {
   auto q = tensor<float, 4>::make({1, 2, 4, 32});
   auto k = tensor<float, 4>::make({1, 50, 2, 32}), v = tensor<float, 4>::make({1, 50, 2, 32});

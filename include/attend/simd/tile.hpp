@@ -14,6 +14,7 @@
 #define ATTEND_SIMD_TILE_HPP_
 
 #include <algorithm>
+#include <limits>
 
 #include "convert.hpp"
 
@@ -191,6 +192,53 @@ void pv_bcast(const float* ATTEND_RESTRICT pt, index_t ld, index_t rows, const R
       for (index_t j = 0; j < count; ++j) s += pt[j * ld + r] * load_scalar(vrows[j] + c + v_off);
       acc[r * ldacc + c] = s;
     }
+}
+
+/// Key-major scores to rows: dst[r][j] = src[j * ld + r] for r < rows, j < count, with NaN
+/// replaced by -inf (selection never picks them). AVX2 moves 8 x 8 blocks through registers;
+/// other targets and the edges copy element by element.
+template <class Arch>
+void scores_to_rows(const float* ATTEND_RESTRICT src, index_t ld, index_t rows, index_t count,
+                    float* const* dst) noexcept {
+  constexpr float ninf = -std::numeric_limits<float>::infinity();
+  index_t r_done = 0, j_done = 0;
+#if defined(__AVX2__)
+  if constexpr (!is_avx512<Arch> && is_avx2<Arch>) {
+    r_done = rows - rows % 8;
+    j_done = count - count % 8;
+    const __m256 fill = _mm256_set1_ps(ninf);
+    for (index_t r0 = 0; r0 < r_done; r0 += 8)
+      for (index_t j0 = 0; j0 < j_done; j0 += 8) {
+        __m256 x[8], t[8];
+        for (int i = 0; i < 8; ++i) x[i] = _mm256_loadu_ps(src + (j0 + i) * ld + r0);
+        for (int i = 0; i < 8; i += 2) {
+          t[i] = _mm256_unpacklo_ps(x[i], x[i + 1]);
+          t[i + 1] = _mm256_unpackhi_ps(x[i], x[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4) {
+          x[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+          x[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+          x[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+          x[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+        }
+        for (int i = 0; i < 4; ++i) {
+          t[i] = _mm256_permute2f128_ps(x[i], x[i + 4], 0x20);
+          t[i + 4] = _mm256_permute2f128_ps(x[i], x[i + 4], 0x31);
+        }
+        for (int i = 0; i < 8; ++i)
+          _mm256_storeu_ps(dst[r0 + i] + j0,
+                           _mm256_blendv_ps(fill, t[i], _mm256_cmp_ps(t[i], t[i], _CMP_ORD_Q)));
+      }
+  }
+#endif
+  auto copy = [&](index_t r, index_t j) {
+    const float x = src[j * ld + r];
+    dst[r][j] = x == x ? x : ninf;
+  };
+  for (index_t r = 0; r < r_done; ++r)
+    for (index_t j = j_done; j < count; ++j) copy(r, j);
+  for (index_t r = r_done; r < rows; ++r)
+    for (index_t j = 0; j < count; ++j) copy(r, j);
 }
 
 /// Rows stored `stride` elements apart from `base` (a packed tile): an alternative to an array

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <type_traits>
@@ -331,6 +332,7 @@ struct group_union_lists {
   index_t group = 1, heads_kv = 1;
   index_t* buffer = nullptr;  // [batch][heads_kv][tiles][group * capacity] merged lists
   index_t* counts = nullptr;  // [batch][heads_kv][tiles] their lengths
+  std::uint32_t* owners = nullptr;  // like buffer: bit g set when head g of the group lists the key
 
   index_t tiles() const noexcept { return lists->indices.extent(2); }
   index_t units() const noexcept { return lists->indices.extent(0) * heads_kv * tiles(); }
@@ -350,15 +352,21 @@ struct group_union_lists {
         at[g] = 0;
       }
       index_t* out = buffer + u * cap;
+      std::uint32_t* bits = owners + u * cap;
       index_t n = 0;
       for (;;) {  // k-way merge
         index_t p = std::numeric_limits<index_t>::max();
         for (index_t g = 0; g < group; ++g)
           if (at[g] < c[g]) p = std::min(p, l[g][at[g]]);
         if (p == std::numeric_limits<index_t>::max()) break;
-        out[n++] = p;
+        std::uint32_t b = 0;
         for (index_t g = 0; g < group; ++g)
-          if (at[g] < c[g] && l[g][at[g]] == p) ++at[g];
+          if (at[g] < c[g] && l[g][at[g]] == p) {
+            ++at[g];
+            b |= std::uint32_t{1} << g;
+          }
+        out[n] = p;
+        bits[n++] = b;
       }
       counts[u] = n;
     });
@@ -384,33 +392,37 @@ struct group_union_lists {
 };
 
 /// Score hook of the group-union path: a row keeps a key only if its own head's list (or the
-/// implicit sinks / window) holds it; other keys of the union get -inf.
+/// implicit sinks / window) holds it; other keys of the union get -inf. One merge walk per tile
+/// finds each key's entry in the union and its owner bits.
 template <class Rows>
 struct own_list_mask {
   static constexpr bool is_identity = false;
-  const token_lists* lists = nullptr;
+  const group_union_lists* unions = nullptr;
   Rows rows;
   index_t seq_q = 1, sinks = 0, window = 0;
 
   template <class Arch>
   void apply(const engine::row_block& rb, const engine::row_info& ri, const index_t* kpos,
              index_t count, float* st, index_t ld) const noexcept {
-    const index_t qb = lists->query_block, tile = ri.query[0] / qb;
+    const index_t qb = unions->lists->query_block, tile = ri.query[0] / qb;
     const index_t len = rows.length(rb.batch);
     const index_t first = len - seq_q + tile * qb;
     const index_t last = len - seq_q + std::min(seq_q, (tile + 1) * qb) - 1;
     const implicit_ranges ir = implicit_for(len, first, last, sinks, window);
-    const index_t n_rows = rb.rows();
-    for (index_t r = 0; r < n_rows; ++r) {
-      const index_t* l = lists->list(rb.batch, ri.head[r], tile);
-      const index_t c = lists->count(rb.batch, ri.head[r], tile);
-      index_t i = static_cast<index_t>(std::lower_bound(l, l + c, kpos[0]) - l);
-      for (index_t j = 0; j < count; ++j) {
-        const index_t p = kpos[j];
-        while (i < c && l[i] < p) ++i;
-        const bool keep = (i < c && l[i] == p) || p < ir.sink_end || (p >= ir.win_lo && p < ir.win_hi);
-        if (!keep) st[j * ld + r] = engine::neg_inf;
-      }
+    const auto [list, n] = unions->get(rb.batch, rb.kv_head, tile, 0);
+    const std::uint32_t* bits =
+        unions->owners + unions->unit_of(rb.batch, rb.kv_head, tile) * unions->group *
+                             unions->lists->capacity();
+    const index_t n_rows = rb.rows(), head0 = rb.kv_head * unions->group;
+    index_t u = static_cast<index_t>(std::lower_bound(list, list + n, kpos[0]) - list);
+    for (index_t j = 0; j < count; ++j) {
+      const index_t p = kpos[j];
+      while (u < n && list[u] < p) ++u;
+      std::uint32_t keep = u < n && list[u] == p ? bits[u] : 0;
+      if (p < ir.sink_end || (p >= ir.win_lo && p < ir.win_hi)) keep = ~std::uint32_t{0};
+      float* col = st + j * ld;
+      for (index_t r = 0; r < n_rows; ++r)
+        col[r] = (keep >> (ri.head[r] - head0)) & 1u ? col[r] : engine::neg_inf;
     }
   }
 };
@@ -663,19 +675,22 @@ void gather_dispatch(const view4<const float>& q, const Rows& rows, index_t dv,
   bool group_union = lists.owner == list_owner::q_head && group > 1 && group <= 16 &&
                      engine::uses_dot_kernel<Arch>(group * std::min(lists.query_block, q.extent(1)));
   std::vector<index_t> buffer;  // the merged lists and their lengths
+  std::vector<std::uint32_t> owners;
   group_union_lists gl{&lists, group, rows.heads()};
   if (group_union) {
-    const index_t units = gl.units();
-    buffer.resize(static_cast<std::size_t>(units * (group * lists.capacity() + 1)));
+    const index_t units = gl.units(), merged_cap = units * group * lists.capacity();
+    buffer.resize(static_cast<std::size_t>(merged_cap + units));
+    owners.resize(static_cast<std::size_t>(merged_cap));
     gl.buffer = buffer.data();
-    gl.counts = buffer.data() + units * group * lists.capacity();
+    gl.counts = buffer.data() + merged_cap;
+    gl.owners = owners.data();
     const auto [merged, total] = gl.build();
     group_union = 4 * merged <= 3 * total;
   }
   attend::detail::dispatch_head_dims(q.extent(3), dv, [&](auto kdk, auto kdv) {
     constexpr index_t DK = decltype(kdk)::value, DV = decltype(kdv)::value;
     if (group_union) {
-      const own_list_mask<Rows> own{&lists, rows, q.extent(1), p.sinks, p.window};
+      const own_list_mask<Rows> own{&gl, rows, q.extent(1), p.sinks, p.window};
       const auto var = engine::make_variant(own, mask);
       gather_forward<Arch, DK, DV, KV>(q, rows, dv, o, p.lse, gl, lists.query_block, scale,
                                        p.sinks, p.window, var, p.scratch);

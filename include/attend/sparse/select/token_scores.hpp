@@ -223,13 +223,9 @@ void score_with_engine(const Rows& rows, const score_buffers& s, bool need_parti
       auto on_tile = [&](const engine::kv_tile<KV>& tile, const float* st, index_t ld) {
         const index_t n = tile.count, p0 = tile.pos[0];
         if (tile.pos[n - 1] - p0 == n - 1) {  // consecutive keys: contiguous stores per row
-          for (index_t r = 0; r < n_rows; ++r) {
-            float* dst = out[r] + p0;
-            for (index_t j = 0; j < n; ++j) {
-              const float x = st[j * ld + r];
-              dst[j] = x == x ? x : -std::numeric_limits<float>::infinity();
-            }
-          }
+          float* dst[128];
+          for (index_t r = 0; r < n_rows; ++r) dst[r] = out[r] + p0;
+          simd::scores_to_rows<Arch>(st, ld, n_rows, n, dst);
           return;
         }
         for (index_t j = 0; j < n; ++j)
