@@ -353,23 +353,10 @@ ATTEND_INLINE void pack_kt(const problem& pb, const FM& phi, const TK* k, index_
 #if defined(__AVX__)
     if (rows == tb)
       for (; d0 + 8 <= dk; d0 += 8) {
-        __m256 r[8], t[8];
+        __m256 r[8];
         for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(ws.kr + i * dk + d0);
-        for (int i = 0; i < 8; i += 2) {
-          t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-          t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-        }
-        for (int i = 0; i < 8; i += 4) {
-          r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-          r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-          r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-          r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-        }
-        for (int i = 0; i < 4; ++i) {
-          t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
-          t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
-        }
-        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(ws.kt + (d0 + i) * cp + c0, t[i]);
+        simd::transpose8x8(r);
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(ws.kt + (d0 + i) * cp + c0, r[i]);
       }
 #endif
     for (index_t d = d0; d < dk; ++d)

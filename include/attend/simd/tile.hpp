@@ -194,6 +194,28 @@ void pv_bcast(const float* ATTEND_RESTRICT pt, index_t ld, index_t rows, const R
     }
 }
 
+#if defined(__AVX__)
+/// Transposes the 8 x 8 floats held by r[0..8) (r[i] = row i) in place: r[i] becomes column i.
+ATTEND_INLINE void transpose8x8(__m256* r) noexcept {
+  __m256 t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+    t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+  }
+  for (int i = 0; i < 8; ++i) r[i] = t[i];
+}
+#endif
+
 /// Key-major scores to rows: dst[r][j] = src[j * ld + r] for r < rows, j < count, with NaN
 /// replaced by -inf (selection never picks them). AVX2 moves 8 x 8 blocks through registers;
 /// other targets and the edges copy element by element.
@@ -209,25 +231,12 @@ void scores_to_rows(const float* ATTEND_RESTRICT src, index_t ld, index_t rows, 
     const __m256 fill = _mm256_set1_ps(ninf);
     for (index_t r0 = 0; r0 < r_done; r0 += 8)
       for (index_t j0 = 0; j0 < j_done; j0 += 8) {
-        __m256 x[8], t[8];
+        __m256 x[8];
         for (int i = 0; i < 8; ++i) x[i] = _mm256_loadu_ps(src + (j0 + i) * ld + r0);
-        for (int i = 0; i < 8; i += 2) {
-          t[i] = _mm256_unpacklo_ps(x[i], x[i + 1]);
-          t[i + 1] = _mm256_unpackhi_ps(x[i], x[i + 1]);
-        }
-        for (int i = 0; i < 8; i += 4) {
-          x[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-          x[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-          x[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-          x[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-        }
-        for (int i = 0; i < 4; ++i) {
-          t[i] = _mm256_permute2f128_ps(x[i], x[i + 4], 0x20);
-          t[i + 4] = _mm256_permute2f128_ps(x[i], x[i + 4], 0x31);
-        }
+        transpose8x8(x);
         for (int i = 0; i < 8; ++i)
           _mm256_storeu_ps(dst[r0 + i] + j0,
-                           _mm256_blendv_ps(fill, t[i], _mm256_cmp_ps(t[i], t[i], _CMP_ORD_Q)));
+                           _mm256_blendv_ps(fill, x[i], _mm256_cmp_ps(x[i], x[i], _CMP_ORD_Q)));
       }
   }
 #endif
