@@ -359,14 +359,14 @@ struct group_union_lists {
         for (index_t g = 0; g < group; ++g)
           if (at[g] < c[g]) p = std::min(p, l[g][at[g]]);
         if (p == std::numeric_limits<index_t>::max()) break;
-        std::uint32_t b = 0;
+        std::uint32_t heads = 0;
         for (index_t g = 0; g < group; ++g)
           if (at[g] < c[g] && l[g][at[g]] == p) {
             ++at[g];
-            b |= std::uint32_t{1} << g;
+            heads |= std::uint32_t{1} << g;
           }
         out[n] = p;
-        bits[n++] = b;
+        bits[n++] = heads;
       }
       counts[u] = n;
     });
