@@ -26,12 +26,14 @@ case "${1:-}" in
 esac
 targets=${*:-"fuzz_dense fuzz_merge fuzz_convert fuzz_convert_baseline fuzz_block_sparse fuzz_gather
   fuzz_linear fuzz_sink"}
+# One build goal, so that make compiles the targets side by side (goals run one after another).
+goal=${*:-fuzzers}
 
 cmake -S . -B "$build" -DCMAKE_CXX_COMPILER="${CXX:-clang++}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only" \
   -DATTEND_BUILD_FUZZERS=ON -DATTEND_ARCH_TESTS=OFF -DATTEND_BUILD_BENCH=OFF \
   -DATTEND_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$build" --target $targets -j2
+cmake --build "$build" --target $goal -j2
 
 bin="$build/tests/fuzz"
 mkdir -p "$build/artifacts" "$build/work"

@@ -341,6 +341,7 @@ struct group_union_lists {
   }
   /// Merges every unit's lists (each key once); returns (sum of union lengths, sum of entries).
   std::pair<index_t, index_t> build() const {
+    ATTEND_DCHECK(group <= 16);  // merge cursors and owner bits below
     const index_t cap = group * lists->capacity();
     parallel_for(units(), max_threads(), [&](index_t u, int) {
       const index_t tile = u % tiles(), hk = (u / tiles()) % heads_kv, b = u / (tiles() * heads_kv);
@@ -669,9 +670,9 @@ void gather_dispatch(const view4<const float>& q, const Rows& rows, index_t dv,
   const engine::standard_mask mask = gather_mask(p.causal);
   const index_t group = q.extent(2) / rows.heads();
   // Per-head lists at decode: when the heads of a KV group chose mostly the same keys (the
-  // union is at most three quarters of all their entries), one block per group runs over the union, so
-  // each K/V row is read once per group; each row still sees exactly its own list. The test
-  // depends on the lists only.
+  // union is at most three quarters of all their entries), one block per group runs over the
+  // union, so each K/V row is read once per group; each row still sees exactly its own list.
+  // The test depends on the lists only.
   bool group_union = lists.owner == list_owner::q_head && group > 1 && group <= 16 &&
                      engine::uses_dot_kernel<Arch>(group * std::min(lists.query_block, q.extent(1)));
   std::vector<index_t> buffer;  // the merged lists and their lengths
