@@ -175,6 +175,29 @@ TEST(TopkLong, EqualsTopK) {
     }
 }
 
+TEST(TopkLong, SignedZerosInfinitiesAndExtremes) {
+  // The threshold search bisects on integer keys that order floats: negative values, -0 == +0
+  // (a tie, lower index first), denormals, +inf and the largest finite magnitudes must rank as
+  // the float comparison ranks them.
+  const float inf = std::numeric_limits<float>::infinity();
+  const float pool[] = {-0.0f, 0.0f, -1.5f, 1.5f, 1e-42f, -1e-42f, inf, -inf,
+                        std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(),
+                        std::numeric_limits<float>::quiet_NaN(), -2.0f, 2.0f};
+  std::mt19937 rng(1002);
+  std::uniform_int_distribution<int> pick(0, static_cast<int>(std::size(pool)) - 1);
+  for (index_t n : {13, 600, 40000})
+    for (index_t k : {index_t{1}, index_t{3}, n / 8, n / 2, n - 1}) {
+      std::vector<float> s(static_cast<std::size_t>(n));
+      for (auto& x : s) x = pool[pick(rng)];
+      const auto want = sparse::select::top_k(s.data(), n, k);
+      std::vector<index_t> got(static_cast<std::size_t>(std::min(k, n)));
+      std::vector<float> scratch(static_cast<std::size_t>(sparse::select::top_k_long_scratch(n)));
+      got.resize(static_cast<std::size_t>(
+          sparse::select::top_k_long(s.data(), n, k, got.data(), scratch.data())));
+      EXPECT_EQ(got, want) << "n " << n << " k " << k;
+    }
+}
+
 TEST(TopkLong, BoundFromAnUnrepresentativeSample) {
   // top_k_long first tries a bound from every 4th strided group: here those groups hold all the
   // large scores (the trial bound is too high and must be rejected) or all the small ones (the

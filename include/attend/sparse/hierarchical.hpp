@@ -124,6 +124,8 @@ void hip_score(const Rows& rows, const hip_rows& hr, index_t b, index_t s0, inde
     for (index_t t = t0; t < t1; ++t) ws.keys[nkeys++] = t;
   }
   if (nkeys == 0) return;
+  using V = simd::vfloat<Arch>;
+  constexpr index_t w = simd::lanes<Arch>;
   const index_t dk = hr.q.extent(3);
   const index_t max_rows = engine::max_rows_for(dk, dk);
   const index_t nq = hr.q.extent(1);
@@ -156,9 +158,16 @@ void hip_score(const Rows& rows, const hip_rows& hr, index_t b, index_t s0, inde
               for (index_t j = 0; j < t.count; ++j) {
                 const index_t p = t.pos[j];
                 while (s0 + (ws.cstart[ws.rep[e]] + 1) * bk <= p) ++e;
+                // The maximum over the rows (padding rows score 0: not taken).
                 const float* col = st + j * ld;
                 float m = col[0];
-                for (index_t r = 1; r < n_rows; ++r) m = std::max(m, col[r]);
+                index_t r = 0;
+                if (n_rows >= w) {
+                  V mv = V::load_aligned(col);
+                  for (r = w; r + w <= n_rows; r += w) mv = xsimd::max(mv, V::load_aligned(col + r));
+                  m = simd::reduce_max<Arch>(mv);
+                }
+                for (; r < n_rows; ++r) m = std::max(m, col[r]);
                 float& cs = ws.cscore[ws.rep[e]];
                 if (m > cs) cs = m;  // NaN never wins
               }

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -231,15 +232,66 @@ inline double js_distance(const float* p, const float* q, index_t n) {
   return std::sqrt(js_divergence(p, q, n));
 }
 
+namespace detail {
+
+/// Order-preserving map of a float that is not NaN to int32: a < b exactly when
+/// key(a) < key(b), a == b exactly when key(a) == key(b). Negative floats flip their magnitude bits so they count down.
+inline std::int32_t ordered_key(float x) noexcept {
+  x += 0.0f;  // -0 -> +0: equal floats get equal keys
+  std::int32_t i;
+  std::memcpy(&i, &x, sizeof i);
+  return i < 0 ? i ^ 0x7fffffff : i;
+}
+
+inline float from_ordered_key(std::int32_t key) noexcept {
+  const std::int32_t i = key < 0 ? key ^ 0x7fffffff : key;
+  float x;
+  std::memcpy(&x, &i, sizeof x);
+  return x;
+}
+
+/// The k-th largest of keys[0, n) (1 <= k <= n) by bisection on the key value: each step is one
+/// counting pass that vectorises and never mispredicts, which beats nth_element's partitioning
+/// on the few thousand candidates top_k_long keeps; at most 32 steps.
+inline std::int32_t kth_largest_key(const std::int32_t* keys, index_t n, index_t k) noexcept {
+  std::int32_t lo = std::numeric_limits<std::int32_t>::max();
+  std::int32_t hi = std::numeric_limits<std::int32_t>::min();
+  for (index_t i = 0; i < n; ++i) {
+    lo = std::min(lo, keys[i]);
+    hi = std::max(hi, keys[i]);
+  }
+  // Invariant: at least k keys are >= lo, fewer than k are > hi. The answer is the largest
+  // t with count(keys >= t) >= k, which is a key.
+  while (lo < hi) {
+    const auto mid = static_cast<std::int32_t>(
+        lo + (static_cast<std::int64_t>(hi) - lo + 1) / 2);
+    std::int32_t reach = 0;  // n < 2^31: token positions
+    for (index_t i = 0; i < n; ++i) reach += keys[i] >= mid ? 1 : 0;
+    if (reach >= k) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+/// The k-th largest of v[0, n) (1 <= k <= n, no NaN); keys: [n] scratch.
+inline float kth_largest(const float* v, index_t n, index_t k, std::int32_t* keys) noexcept {
+  for (index_t i = 0; i < n; ++i) keys[i] = ordered_key(v[i]);
+  return from_ordered_key(kth_largest_key(keys, n, k));
+}
+
+}  // namespace detail
+
 /// Scratch floats top_k_long needs for n scores.
 inline index_t top_k_long_scratch(index_t n) noexcept { return 5 * n + 16; }
 
-/// top_k for long score vectors (token scores over a whole KV cache at decode): the same result
-/// as top_k (indices ascending, NaN and -inf never chosen, ties to the lower index), without
-/// allocation, in two streaming passes that vectorise. Any partition of the scores into at least
-/// k groups bounds the k-th largest score from below by the k-th largest group maximum (k groups
-/// reach it); strided groups {g, g + G, g + 2G, ...} make the maxima a vertical max. Only scores
-/// reaching the bound are kept as candidates (in index order) and searched for the threshold.
+/// top_k for long score vectors (token scores over a whole KV cache at decode, HiP's children):
+/// the same result as top_k (indices ascending, NaN and -inf never chosen, ties to the lower
+/// index), without allocation, in streaming passes that vectorise. When n is at least 8k, any
+/// partition of the scores into at least k groups bounds the k-th largest score from below by
+/// the k-th largest group maximum (k groups reach it); strided groups {g, g + G, g + 2G, ...}
+/// make the maxima a vertical max. Only scores reaching the bound are kept as candidates (in
+/// index order); the threshold among them comes from kth_largest (bisection, no branches on
+/// data). Shorter vectors take every selectable score as a candidate.
 /// \param out room for min(k, n) indices  \param scratch at least top_k_long_scratch(n) floats
 /// Returns the number written: min(k, number of selectable entries).
 inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* out,
@@ -253,34 +305,28 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
   const index_t groups = (n + per - 1) / per;
   float* gmax = scratch;                 // [groups <= n] group maxima
   float* cval = scratch + n;             // [n] candidate values, in index order
-  float* sel = scratch + 2 * n;          // [n] a copy of them for the threshold search
-  auto* cidx = reinterpret_cast<index_t*>(  // [n] their indices, 8-byte aligned (slack: 16)
+  auto* keys = reinterpret_cast<std::int32_t*>(scratch + 2 * n);  // [n] ordered keys
+  auto* cidx = reinterpret_cast<index_t*>(  // [n] candidate indices, 8-byte aligned (slack: 16)
       (reinterpret_cast<std::uintptr_t>(scratch + 3 * n) + 7) & ~std::uintptr_t{7});
   float bound = ninf;
-  if (groups > k) {
+  if (per > 1 && groups > k) {
     for (index_t g = 0; g < groups; ++g) gmax[g] = ninf;
     for (index_t r = 0; r * groups < n; ++r) {  // streams the scores; gmax stays in L1
       const float* row = scores + r * groups;
       const index_t m = std::min(groups, n - r * groups);
       for (index_t g = 0; g < m; ++g) gmax[g] = gmax[g] < row[g] ? row[g] : gmax[g];  // NaN never wins
     }
-    auto desc = [](float a, float b) { return a > b; };
     // A cheaper bound first: a rank slightly past k / 4 in every 4th group maximum. It is a
     // valid bound when at least k group maxima reach it; otherwise take the exact k-th largest.
-    float* sample = sel;  // free until the candidates are copied
     const index_t ns = groups / 4, rank = k / 4 + k / 16;
     if (rank >= 1 && rank < ns) {
-      for (index_t i = 0; i < ns; ++i) sample[i] = gmax[4 * i];
-      std::nth_element(sample, sample + (rank - 1), sample + ns, desc);
-      const float trial = sample[rank - 1];
+      for (index_t i = 0; i < ns; ++i) keys[i] = detail::ordered_key(gmax[4 * i]);
+      const float trial = detail::from_ordered_key(detail::kth_largest_key(keys, ns, rank));
       index_t reach = 0;
       for (index_t g = 0; g < groups; ++g) reach += gmax[g] >= trial ? 1 : 0;
       if (reach >= k) bound = trial;
     }
-    if (bound == ninf) {
-      std::nth_element(gmax, gmax + (k - 1), gmax + groups, desc);
-      bound = gmax[k - 1];
-    }
+    if (bound == ninf) bound = detail::kth_largest(gmax, groups, k, keys);
   }
   index_t c = 0;
   if (bound > ninf) {
@@ -308,21 +354,19 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
     std::copy(cidx, cidx + c, out);
     return c;
   }
-  // The k-th largest candidate value, on a copy (the candidates stay in index order).
-  std::copy(cval, cval + c, sel);
-  std::nth_element(sel, sel + (k - 1), sel + c, [](float a, float b) { return a > b; });
-  const float tau = sel[k - 1];
+  // The k-th largest candidate, then one branch-free pass (about half may be taken) over the
+  // candidates' keys, which compare like their values.
+  for (index_t i = 0; i < c; ++i) keys[i] = detail::ordered_key(cval[i]);
+  const std::int32_t tau = detail::kth_largest_key(keys, c, k);
   index_t above = 0;
-  for (index_t i = 0; i < c; ++i) above += cval[i] > tau ? 1 : 0;
+  for (index_t i = 0; i < c; ++i) above += keys[i] > tau ? 1 : 0;
   index_t ties = k - above;  // entries equal to tau still to take, lowest index first
   index_t written = 0;
-  for (index_t i = 0; i < c; ++i) {
-    if (cval[i] > tau) {
-      out[written++] = cidx[i];
-    } else if (cval[i] == tau && ties > 0) {
-      out[written++] = cidx[i];
-      --ties;
-    }
+  for (index_t i = 0; i < c && written < k; ++i) {
+    const index_t tie = static_cast<index_t>(keys[i] == tau) & static_cast<index_t>(ties > 0);
+    out[written] = cidx[i];  // kept only if taken
+    written += static_cast<index_t>(keys[i] > tau) | tie;
+    ties -= tie;
   }
   return written;
 }
