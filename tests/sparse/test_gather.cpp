@@ -23,7 +23,7 @@ struct gather_case {
 };
 
 template <class KV>
-void run_case(const gather_case& c, unsigned seed) {
+void run_case(const gather_case& c, unsigned seed, workspace* scratch = nullptr) {
   std::mt19937 rng(seed);
   auto q = tensor<float, 4>::make({c.batch, c.seq_q, c.heads_q, c.dk});
   auto k = tensor<KV, 4>::make_permuted({c.batch, c.seq_k, c.heads_kv, c.dk}, {0, 2, 1, 3}, 0);
@@ -47,6 +47,7 @@ void run_case(const gather_case& c, unsigned seed) {
   p.window = c.window;
   p.lse = lse.view;
   if (c.ragged) p.kv_lens = make_view<const index_t>(lens.data(), c.batch);
+  p.scratch = scratch;
   sparse::gather_attention(q.view, k.view, v.view, o.view, lists.view(), p);
 
   auto mask = gather_visibility(lists.view(), c.batch, c.heads_q, c.heads_kv, c.seq_q, c.seq_k,
@@ -101,6 +102,20 @@ TEST(Gather, OverlappingHeadListsShareOneGroupPass) {
   run_case<float>(a, 310);
   const gather_case b{1, 1, 700, 4, 2, 32, 32, list_owner::q_head, 1, 0, 9, false, false, 0.7};
   run_case<float>(b, 311);
+}
+
+TEST(Gather, GroupUnionListsLiveInTheCallersWorkspace) {
+  // The merged group lists (indices, lengths, owner bits) are carved from gather_params::scratch
+  // with the engine scratch: a reused workspace holds them and does not grow on the next call.
+  // Long lists, so that the merged lists outweigh the engine scratch.
+  const gather_case a{2, 1, 20000, 8, 2, 64, 64, list_owner::q_head, 1, 3, 40, true, true, 0.6};
+  workspace ws;
+  run_case<float>(a, 312, &ws);
+  const index_t capacity = ws.capacity();
+  const index_t units = a.batch * a.heads_kv, merged = units * (a.heads_q / a.heads_kv) * (a.seq_k / 2);
+  EXPECT_GE(capacity, merged * index_t{5} / 2);  // 2 floats per index, 1 per owner mask
+  run_case<float>(a, 313, &ws);
+  EXPECT_EQ(ws.capacity(), capacity);
 }
 
 TEST(Gather, EmptyListsGiveZeroAndMinusInfinity) {

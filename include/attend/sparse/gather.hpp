@@ -20,7 +20,6 @@
 #include <optional>
 #include <type_traits>
 #include <utility>
-#include <vector>
 
 #include "../core/parallel.hpp"
 #include "../core/validate.hpp"
@@ -428,14 +427,31 @@ struct own_list_mask {
   }
 };
 
+/// Split-K of decode-shaped gathers (few row blocks): at most this many splits per block.
+inline index_t max_gather_splits(index_t seq_q, index_t blocks) noexcept {
+  return seq_q <= 16 && blocks < 32 ? (32 + blocks - 1) / blocks : 1;
+}
+
+/// Floats gather_forward takes from its workspace (after the caller's `front` floats): the
+/// threads' engine scratch and the split-K partial rows. Depends on shapes only, not on lists,
+/// so a caller can reserve it together with buffers of its own before it builds them.
+template <class Arch, class KV>
+index_t gather_forward_floats(const gather_plan& plan, index_t dk, index_t dv) {
+  const index_t max_rows = engine::max_rows_for(dk, dv);
+  const index_t splits = max_gather_splits(plan.seq_q, plan.blocks());
+  const index_t partials = splits > 1 ? plan.batch * plan.heads_q * plan.seq_q * splits * (dv + 1) : 0;
+  return engine::scratch<Arch, KV>::floats(max_rows, dk, dv) * max_threads() + partials;
+}
+
 /// The gather driver, generic over the variant (the public operator uses a causal / no mask;
 /// HyperAttention adds a per-key log-weight). q [batch, seq_q, heads_q, dk], o [batch, seq_q,
-/// heads_q, dv], lse optional [batch, heads_q, seq_q]. Inputs must be validated.
+/// heads_q, dv], lse optional [batch, heads_q, seq_q]. Inputs must be validated. The first
+/// `front` floats of the workspace belong to the caller (the merged group lists) and are kept.
 template <class Arch, index_t DK, index_t DV, class KV, class Rows, class Lists, class Variant>
 void gather_forward(const view4<const float>& q, const Rows& rows, index_t dv,
                     const view4<float>& o, const view3<float>& lse, const Lists& lists,
                     index_t query_block, float scale, index_t sinks, index_t window,
-                    const Variant& var, workspace* user_scratch) {
+                    const Variant& var, workspace* user_scratch, index_t front = 0) {
   using scratch_t = engine::scratch<Arch, KV>;
   const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
   const index_t dk = q.extent(3), heads_kv = rows.heads();
@@ -447,9 +463,9 @@ void gather_forward(const view4<const float>& q, const Rows& rows, index_t dv,
   // from the lists, never from the thread count.
   index_t splits = 1, split_len = 0;
   const index_t blocks = plan.blocks();
-  if (seq_q <= 16 && blocks < 32) {
+  if (max_gather_splits(seq_q, blocks) > 1) {
     const index_t longest = lists.longest() + sinks + window + plan.query_block;
-    splits = std::min((32 + blocks - 1) / blocks, (longest + 1023) / 1024);
+    splits = std::min(max_gather_splits(seq_q, blocks), (longest + 1023) / 1024);
     splits = std::max<index_t>(1, splits);
     const index_t tsize = engine::kv_tile_size<Arch>;
     split_len = ((longest + splits - 1) / splits + tsize - 1) / tsize * tsize;
@@ -458,10 +474,11 @@ void gather_forward(const view4<const float>& q, const Rows& rows, index_t dv,
   const int threads = max_threads();
   const index_t per_thread = scratch_t::floats(max_rows, dk, dv);
   const index_t partial_row = dv + 1;
-  const index_t partial_floats = splits > 1 ? batch * heads_q * seq_q * splits * partial_row : 0;
   workspace local;
   workspace& ws = user_scratch ? *user_scratch : local;
-  float* const base = ws.reserve(per_thread * threads + partial_floats);
+  const index_t own_floats = gather_forward_floats<Arch, KV>(plan, dk, dv);
+  ATTEND_DCHECK(front == 0 || ws.capacity() >= front + own_floats);  // else reserve drops them
+  float* const base = ws.reserve(front + own_floats) + front;
   float* const partial = base + per_thread * threads;
   const engine::problem<KV> pb{q, scale, dk, dv};
   auto scratch_of = [&](int t) {
@@ -675,16 +692,26 @@ void gather_dispatch(const view4<const float>& q, const Rows& rows, index_t dv,
   // The test depends on the lists only.
   bool group_union = lists.owner == list_owner::q_head && group > 1 && group <= 16 &&
                      engine::uses_dot_kernel<Arch>(group * std::min(lists.query_block, q.extent(1)));
-  std::vector<index_t> buffer;  // the merged lists and their lengths
-  std::vector<std::uint32_t> owners;
+  // The merged lists, their lengths and owner bits live at the front of the gather workspace,
+  // reserved together with what gather_forward takes after them (no allocation with p.scratch).
   group_union_lists gl{&lists, group, rows.heads()};
+  workspace local;
+  workspace& ws = p.scratch ? *p.scratch : local;
+  index_t front = 0;
   if (group_union) {
     const index_t units = gl.units(), merged_cap = units * group * lists.capacity();
-    buffer.resize(static_cast<std::size_t>(merged_cap + units));
-    owners.resize(static_cast<std::size_t>(merged_cap));
-    gl.buffer = buffer.data();
-    gl.counts = buffer.data() + merged_cap;
-    gl.owners = owners.data();
+    auto carve = [&](bump& b) {
+      gl.buffer = b.take<index_t>(merged_cap);
+      gl.counts = b.take<index_t>(units);
+      gl.owners = b.take<std::uint32_t>(merged_cap);
+    };
+    bump counter(nullptr);
+    carve(counter);
+    front = counter.used();
+    const gather_plan plan(q.extent(0), q.extent(2), rows.heads(), q.extent(1), gl.layout(),
+                           lists.query_block, engine::max_rows_for(q.extent(3), dv));
+    bump b(ws.reserve(front + gather_forward_floats<Arch, KV>(plan, q.extent(3), dv)));
+    carve(b);
     const auto [merged, total] = gl.build();
     group_union = 4 * merged <= 3 * total;
   }
@@ -694,12 +721,11 @@ void gather_dispatch(const view4<const float>& q, const Rows& rows, index_t dv,
       const own_list_mask<Rows> own{&gl, rows, q.extent(1), p.sinks, p.window};
       const auto var = engine::make_variant(own, mask);
       gather_forward<Arch, DK, DV, KV>(q, rows, dv, o, p.lse, gl, lists.query_block, scale,
-                                       p.sinks, p.window, var, p.scratch);
+                                       p.sinks, p.window, var, &ws, front);
     } else {
       const auto var = engine::make_variant(engine::no_score_mod{}, mask);
       gather_forward<Arch, DK, DV, KV>(q, rows, dv, o, p.lse, direct_lists{&lists},
-                                       lists.query_block, scale, p.sinks, p.window, var,
-                                       p.scratch);
+                                       lists.query_block, scale, p.sinks, p.window, var, &ws);
     }
   });
 }

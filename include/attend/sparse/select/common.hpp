@@ -332,23 +332,23 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
   if (bound > ninf) {
     // Few scores reach the bound: test a register at a time, look closer only at hits.
     const V vb(bound);
-    auto keep_from = [&](index_t i, index_t end) {
-      for (index_t e = i; e < end; ++e)
-        if (scores[e] >= bound) {
-          cval[c] = scores[e];
-          cidx[c++] = e;
-        }
+    auto keep_from = [&](index_t i, index_t end) {  // branch-free append
+      for (index_t e = i; e < end; ++e) {
+        cval[c] = scores[e];
+        cidx[c] = e;
+        c += scores[e] >= bound ? 1 : 0;
+      }
     };
     const index_t whole = n - n % w;
     for (index_t i = 0; i < whole; i += w)
       if (xsimd::any(V::load_unaligned(scores + i) >= vb)) keep_from(i, i + w);
     keep_from(whole, n);
   } else {
-    for (index_t i = 0; i < n; ++i)
-      if (scores[i] > ninf) {
-        cval[c] = scores[i];
-        cidx[c++] = i;
-      }
+    for (index_t i = 0; i < n; ++i) {  // branch-free append
+      cval[c] = scores[i];
+      cidx[c] = i;
+      c += scores[i] > ninf ? 1 : 0;
+    }
   }
   if (c <= k) {  // every candidate is chosen (only when at most k entries are selectable)
     std::copy(cidx, cidx + c, out);
