@@ -78,17 +78,21 @@ std::vector<T> random_buffer(std::size_t n, unsigned seed, float lo = -1.0f, flo
   return v;
 }
 
-/// Times `body` once per benchmark iteration and returns the median seconds per iteration.
+/// Times `body` once per benchmark iteration and returns the median seconds per iteration. Rows
+/// that take seconds (one iteration by default) ask for `min_samples`: extra timed runs after the
+/// loop, so that their median is not a single sample.
 template <class Body>
-double timed_loop(benchmark::State& st, Body&& body) {
+double timed_loop(benchmark::State& st, Body&& body, int min_samples = 1) {
   std::vector<double> t;
-  for (auto _ : st) {
+  auto sample = [&] {
     const auto a = std::chrono::steady_clock::now();
     body();
     benchmark::ClobberMemory();
     t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
-  }
+  };
+  for (auto _ : st) sample();
   if (t.empty()) return 0.0;
+  while (static_cast<int>(t.size()) < min_samples) sample();
   std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
   return t[t.size() / 2];
 }

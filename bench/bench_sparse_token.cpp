@@ -314,6 +314,9 @@ problem<float>& h1_problem(index_t len) {
                        len >= 32768 ? 1 : 2);
 }
 
+/// Timed runs per H1 row at least: the per-doubling ratio divides two medians.
+constexpr int h1_samples = 5;
+
 /// Median seconds of each H1 row at each length, for the time ratio per doubling.
 std::map<std::string, double>& h1_times() {
   static std::map<std::string, double> t;
@@ -343,7 +346,7 @@ void run_hip_prefill(benchmark::State& st, index_t len) {
     sparse::gather_attention(p.q(), p.k(), p.v(), p.o(), lists.view(), hp.gather(l, &gat));
   };
   run(p.lse_view(lse));
-  report_h1(st, p, "hip", len, timed_loop(st, [&] { run({}); }), lse);
+  report_h1(st, p, "hip", len, timed_loop(st, [&] { run({}); }, h1_samples), lse);
 }
 
 void run_hyper(benchmark::State& st, index_t len) {
@@ -354,7 +357,9 @@ void run_hyper(benchmark::State& st, index_t len) {
   sparse::hyper_attention(p.q(), p.k(), p.v(), p.o(), hp);
   hp.lse = {};
   report_h1(st, p, "hyper", len,
-            timed_loop(st, [&] { sparse::hyper_attention(p.q(), p.k(), p.v(), p.o(), hp); }), lse);
+            timed_loop(st, [&] { sparse::hyper_attention(p.q(), p.k(), p.v(), p.o(), hp); },
+                       h1_samples),
+            lse);
 }
 
 const bool registered = [] {
