@@ -265,8 +265,13 @@ inline std::int32_t kth_largest_key(const std::int32_t* keys, index_t n, index_t
   while (lo < hi) {
     const auto mid = static_cast<std::int32_t>(
         lo + (static_cast<std::int64_t>(hi) - lo + 1) / 2);
-    std::int32_t reach = 0;  // n < 2^31: token positions
-    for (index_t i = 0; i < n; ++i) reach += keys[i] >= mid ? 1 : 0;
+    index_t reach = 0;
+    for (index_t i0 = 0; i0 < n; i0 += index_t{1} << 30) {  // 32-bit counts vectorise
+      const index_t i1 = std::min(n, i0 + (index_t{1} << 30));
+      std::int32_t part = 0;
+      for (index_t i = i0; i < i1; ++i) part += keys[i] >= mid ? 1 : 0;
+      reach += part;
+    }
     if (reach >= k) lo = mid;
     else hi = mid - 1;
   }
