@@ -112,7 +112,8 @@ TEST(Gather, GroupUnionListsLiveInTheCallersWorkspace) {
   workspace ws;
   run_case<float>(a, 312, &ws);
   const index_t capacity = ws.capacity();
-  const index_t units = a.batch * a.heads_kv, merged = units * (a.heads_q / a.heads_kv) * (a.seq_k / 2);
+  const index_t units = a.batch * a.heads_kv;
+  const index_t merged = units * (a.heads_q / a.heads_kv) * (a.seq_k / 2);
   EXPECT_GE(capacity, merged * index_t{5} / 2);  // 2 floats per index, 1 per owner mask
   run_case<float>(a, 313, &ws);
   EXPECT_EQ(ws.capacity(), capacity);

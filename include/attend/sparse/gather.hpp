@@ -439,7 +439,8 @@ template <class Arch, class KV>
 index_t gather_forward_floats(const gather_plan& plan, index_t dk, index_t dv) {
   const index_t max_rows = engine::max_rows_for(dk, dv);
   const index_t splits = max_gather_splits(plan.seq_q, plan.blocks());
-  const index_t partials = splits > 1 ? plan.batch * plan.heads_q * plan.seq_q * splits * (dv + 1) : 0;
+  const index_t partials =
+      splits > 1 ? plan.batch * plan.heads_q * plan.seq_q * splits * (dv + 1) : 0;
   return engine::scratch<Arch, KV>::floats(max_rows, dk, dv) * max_threads() + partials;
 }
 

@@ -164,7 +164,8 @@ void hip_score(const Rows& rows, const hip_rows& hr, index_t b, index_t s0, inde
                 index_t r = 0;
                 if (n_rows >= w) {
                   V mv = V::load_aligned(col);
-                  for (r = w; r + w <= n_rows; r += w) mv = xsimd::max(mv, V::load_aligned(col + r));
+                  for (r = w; r + w <= n_rows; r += w)
+                    mv = xsimd::max(mv, V::load_aligned(col + r));
                   m = simd::reduce_max<Arch>(mv);
                 }
                 for (; r < n_rows; ++r) m = std::max(m, col[r]);

@@ -235,7 +235,8 @@ inline double js_distance(const float* p, const float* q, index_t n) {
 namespace detail {
 
 /// Order-preserving map of a float that is not NaN to int32: a < b exactly when
-/// key(a) < key(b), a == b exactly when key(a) == key(b). Negative floats flip their magnitude bits so they count down.
+/// key(a) < key(b), a == b exactly when key(a) == key(b). Negative floats flip their magnitude
+/// bits so that they count down.
 inline std::int32_t ordered_key(float x) noexcept {
   x += 0.0f;  // -0 -> +0: equal floats get equal keys
   std::int32_t i;
