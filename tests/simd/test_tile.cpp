@@ -1,12 +1,17 @@
 // simd::scores_to_rows: the key-major to row-major copy used by token selection, against a
 // direct transposition, over shapes that cover the register blocks and both edges.
+// simd::qk_bcast_max: each gathered key's maximum score over the query rows, against double
+// dot products, for float and bf16 rows and key counts around the register block.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <random>
 #include <vector>
 
+#include "attend/core/dtype.hpp"
 #include "attend/simd/tile.hpp"
 
 namespace attend {
@@ -38,6 +43,46 @@ TEST(ScoresToRows, EqualsTransposeWithNanAsMinusInfinity) {
       }
     }
 }
+
+template <class KV>
+void check_row_maxima() {
+  using Arch = xsimd::default_arch;
+  constexpr index_t w = simd::lanes<Arch>;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const index_t dk = 40, cache_rows = 97;
+  std::vector<KV> cache(static_cast<std::size_t>(cache_rows * dk));
+  for (auto& x : cache) x = from_float<KV>(u(rng));
+  for (index_t rows : {1, 3, 16, 21, 40})
+    for (index_t count : {1, 5, 6, 7, 13, 50}) {
+      const index_t ld = (rows + w - 1) / w * w;
+      std::vector<float> q(static_cast<std::size_t>(rows * dk));
+      for (auto& x : q) x = u(rng);
+      std::vector<float> qt(static_cast<std::size_t>(dk * ld + 16));
+      float* qa = qt.data() + (16 - reinterpret_cast<std::uintptr_t>(qt.data()) / 4 % 16) % 16;
+      for (index_t r = 0; r < ld; ++r)  // padding rows repeat the last row
+        for (index_t d = 0; d < dk; ++d) qa[d * ld + r] = q[std::min(r, rows - 1) * dk + d];
+      std::vector<const KV*> krows;
+      for (index_t j = 0; j < count; ++j)  // scattered rows, as a gather sees them
+        krows.push_back(cache.data() + (j * 37 % cache_rows) * dk);
+      std::vector<float> kf(static_cast<std::size_t>(simd::tile_config<Arch>::mr * dk));
+      std::vector<float> best(static_cast<std::size_t>(count), 99.0f);
+      simd::qk_bcast_max<Arch>(krows.data(), count, qa, ld, dk, kf.data(), best.data());
+      for (index_t j = 0; j < count; ++j) {
+        double expect = -1e30;
+        for (index_t r = 0; r < rows; ++r) {
+          double dot = 0;
+          for (index_t d = 0; d < dk; ++d)
+            dot += double(q[r * dk + d]) * double(to_float(krows[j][d]));
+          expect = std::max(expect, dot);
+        }
+        EXPECT_NEAR(best[j], expect, 1e-5) << "rows " << rows << " count " << count << " j " << j;
+      }
+    }
+}
+
+TEST(QkBcastMax, EachKeysMaximumOverTheRows) { check_row_maxima<float>(); }
+TEST(QkBcastMax, NarrowRowsAreWidened) { check_row_maxima<bf16>(); }
 
 }  // namespace
 }  // namespace attend

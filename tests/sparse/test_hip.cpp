@@ -72,10 +72,12 @@ struct hip_case {
   list_owner owner;
   index_t k, block_q, block_k, sinks, window, stride;
   bool ragged;
+  index_t d = 16;
+  bool bf16_keys = false;  // small integers: exact in bf16, so the brute force (float) still rules
 };
 
 void check_search(const hip_case& c, unsigned seed) {
-  const index_t d = 16;
+  const index_t d = c.d;
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> small(-2, 2);
   auto q = tensor<float, 4>::make({c.batch, c.seq_q, c.heads_q, d});
@@ -94,7 +96,14 @@ void check_search(const hip_case& c, unsigned seed) {
   p.owner = c.owner;
   if (c.ragged) p.kv_lens = make_view<const index_t>(lens.data(), c.batch);
   sparse::token_list_buffer lists;
-  sparse::hip_select(q.view, k.view, lists, p);
+  if (c.bf16_keys) {
+    auto kb = tensor<bf16, 4>::make({c.batch, c.seq_k, c.heads_kv, d});
+    for (std::size_t i = 0; i < k.storage.size(); ++i)
+      kb.storage[i] = from_float<bf16>(k.storage[i]);
+    sparse::hip_select(q.view, kb.view, lists, p);
+  } else {
+    sparse::hip_select(q.view, k.view, lists, p);
+  }
   const index_t group = c.heads_q / c.heads_kv;
   for (index_t b = 0; b < c.batch; ++b)
     for (index_t t = 0; t < lists.tiles(); ++t) {
@@ -106,7 +115,9 @@ void check_search(const hip_case& c, unsigned seed) {
       const index_t s0 = std::min(c.sinks, t_end), s1 = std::max(s0, t_end - c.window);
       for (index_t o = 0; o < lists.owners(); ++o) {
         const index_t h0 = c.owner == list_owner::q_head ? o : o * group;
-        const index_t h1 = c.owner == list_owner::q_head ? o + 1 : h0 + group;
+        const index_t h1 = c.owner == list_owner::q_head ? o + 1
+                           : c.owner == list_owner::layer ? c.heads_q
+                                                          : h0 + group;
         const auto want = brute_hip(q.view, k.view, b, h0, h1, sel, s0, s1, c.k, c.block_k);
         const std::vector<index_t> got(lists.list(b, o, t), lists.list(b, o, t) + lists.count(b, o, t));
         EXPECT_EQ(got, want) << "batch " << b << " owner " << o << " tile " << t;
@@ -123,6 +134,12 @@ TEST(HipSelect, EqualsTheCardsAlgorithm) {
       {1, 300, 300, 4, 2, list_owner::q_head, 32, 32, 2, 0, 20, 2, false},
       {2, 200, 260, 6, 3, list_owner::kv_head, 30, 5, 3, 2, 7, 3, true},
       {1, 64, 1000, 2, 2, list_owner::q_head, 256, 16, 1, 0, 128, 1, false},
+      // Broadcast and dot kernels over a head dim with a partial cache line, bf16 keys, and
+      // one list per layer (rows of two KV heads).
+      {1, 70, 900, 4, 2, list_owner::kv_head, 64, 14, 2, 0, 16, 1, false, 40, true},
+      {1, 1, 1200, 4, 2, list_owner::kv_head, 64, 1, 2, 0, 16, 1, false, 40, true},
+      {1, 64, 700, 4, 2, list_owner::layer, 48, 16, 2, 1, 8, 2, false},
+      {1, 1, 900, 4, 2, list_owner::layer, 48, 1, 2, 0, 8, 2, false},
   };
   unsigned seed = 1200;
   for (const auto& c : cases) {

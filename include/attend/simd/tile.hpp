@@ -3,18 +3,22 @@
 // reductions run down columns of registers and never across lanes:
 //
 //   qk_bcast  st  = K · Qᵀ   broadcast K elements, vectors of query rows (Qᵀ packed [dk][ld])
+//   qk_bcast_max  best[j] = max_r (K · Qᵀ)[j, r]   row maxima of gathered keys (HiP's search),
+//                 reduced in registers, no score tile
 //   qk_dot    st  = K · Qᵀ   for fewer rows than one register (decode): vectors along the head
 //                            dim, one horizontal reduction per (key, row) pair via haddp
 //   pv_bcast  acc += P · V   broadcast probabilities, vectors of V columns loaded (and widened
 //                            from bf16/fp16) straight from the cache rows
 //
-// One micro-kernel, gemm_micro<MR, NR>, serves both broadcast products: MR broadcast rows times
-// NR registers of columns accumulate in MR*NR registers over the reduction axis.
+// One micro-kernel, gemm_accumulate<MR, NR>, serves the broadcast products: MR broadcast rows
+// times NR registers of columns accumulate in MR*NR registers over the reduction axis
+// (gemm_micro loads and stores them around it; qk_bcast_max reduces them in place).
 #ifndef ATTEND_SIMD_TILE_HPP_
 #define ATTEND_SIMD_TILE_HPP_
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "convert.hpp"
 
@@ -40,6 +44,22 @@ struct tile_config {
   static constexpr int kv_tile = 10 * mr;
 };
 
+/// acc[m][n] += sum_k a(m, k) * b(k, n) for k < kdim, in registers; `a` returns a float to
+/// broadcast, `b` a register.
+template <class Arch, int MR, int NR, class AFn, class BFn>
+ATTEND_INLINE void gemm_accumulate(index_t kdim, const AFn& a, const BFn& b,
+                                   vfloat<Arch> (&acc)[MR][NR]) noexcept {
+  using V = vfloat<Arch>;
+  for (index_t k = 0; k < kdim; ++k) {
+    V bv[NR];
+    ATTEND_UNROLL for (int n = 0; n < NR; ++n) bv[n] = b(k, n);
+    ATTEND_UNROLL for (int m = 0; m < MR; ++m) {
+      const V av(a(m, k));
+      ATTEND_UNROLL for (int n = 0; n < NR; ++n) acc[m][n] = fmadd<Arch>(av, bv[n], acc[m][n]);
+    }
+  }
+}
+
 /// C[MR][NR lanes] (+)= sum_k a(m, k) * b(k, n) for k < kdim; `a` returns a float to broadcast,
 /// `b` a register. C is row-major with row stride ldc.
 template <class Arch, int MR, int NR, class AFn, class BFn>
@@ -50,14 +70,7 @@ ATTEND_INLINE void gemm_micro(index_t kdim, const AFn& a, const BFn& b, float* A
   V acc[MR][NR];
   ATTEND_UNROLL for (int m = 0; m < MR; ++m) ATTEND_UNROLL for (int n = 0; n < NR; ++n) acc[m][n] =
       accumulate ? V::load_unaligned(c + m * ldc + n * w) : V(0.0f);
-  for (index_t k = 0; k < kdim; ++k) {
-    V bv[NR];
-    ATTEND_UNROLL for (int n = 0; n < NR; ++n) bv[n] = b(k, n);
-    ATTEND_UNROLL for (int m = 0; m < MR; ++m) {
-      const V av(a(m, k));
-      ATTEND_UNROLL for (int n = 0; n < NR; ++n) acc[m][n] = fmadd<Arch>(av, bv[n], acc[m][n]);
-    }
-  }
+  gemm_accumulate<Arch, MR, NR>(kdim, a, b, acc);
   ATTEND_UNROLL for (int m = 0; m < MR; ++m) ATTEND_UNROLL for (int n = 0; n < NR; ++n)
       acc[m][n].store_unaligned(c + m * ldc + n * w);
 }
@@ -158,6 +171,84 @@ void qk_bcast(const float* const* ATTEND_RESTRICT krows, index_t count, const fl
         [&](index_t d, int n) { return vfloat<Arch>::load_aligned(qb + d * ld + n * w); },
         st + j0 * ld + v0 * w, ld, false);
   });
+}
+
+/// best[j] = max over the ld query rows of k_j . q_r for j < count (Qᵀ packed [dk][ld]; padding
+/// rows repeat a real row so that they never win). The row maxima of a search over gathered
+/// keys (HiP's representatives): MR keys broadcast against NR registers of rows, reduced in
+/// registers, no score tile written; each key group is finished over every column register
+/// before the next, so its rows stay in L1. Float rows are broadcast in place; narrower rows are
+/// widened a group at a time into kf ([mr][dk] floats). Gathered rows are cache misses: the
+/// rows two groups ahead are prefetched one line per row every 64 bytes of the reduction, a
+/// trickle that keeps the miss queues from filling.
+template <class Arch, index_t DK = 0, class KV>
+void qk_bcast_max(const KV* const* ATTEND_RESTRICT krows, index_t count,
+                  const float* ATTEND_RESTRICT qt, index_t ld, index_t dk_runtime,
+                  float* ATTEND_RESTRICT kf, float* ATTEND_RESTRICT best) noexcept {
+  using V = vfloat<Arch>;
+  using cfg = tile_config<Arch>;
+  constexpr index_t w = lanes<Arch>;
+  constexpr index_t line = 64 / static_cast<index_t>(sizeof(KV));  // elements per cache line
+  const index_t dk = DK ? DK : dk_runtime;
+  const index_t nvec = ld / w;
+  auto group = [&](auto kmr, index_t j0) {
+    constexpr int MR = decltype(kmr)::value;
+    const KV* ahead[cfg::mr];  // past the end: the last row again (cached; no branches)
+    for (int a = 0; a < cfg::mr; ++a) ahead[a] = krows[std::min(count - 1, j0 + 2 * cfg::mr + a)];
+    const float* kp[MR];
+    for (int m = 0; m < MR; ++m) {
+      if constexpr (std::is_same_v<KV, float>) {
+        kp[m] = krows[j0 + m];
+      } else {
+        float* dst = kf + m * dk;
+        index_t d = 0;
+        for (; d + w <= dk; d += w) load<Arch>(krows[j0 + m] + d).store_unaligned(dst + d);
+        for (; d < dk; ++d) dst[d] = load_scalar(krows[j0 + m] + d);
+        kp[m] = dst;
+      }
+    }
+    float top[MR];
+    for (int m = 0; m < MR; ++m) top[m] = -std::numeric_limits<float>::infinity();
+    for (index_t v0 = 0; v0 < nvec; v0 += cfg::nr)
+      detail::with_constant<cfg::nr>(
+          static_cast<int>(std::min<index_t>(cfg::nr, nvec - v0)), [&](auto knr) {
+            constexpr int NR = decltype(knr)::value;
+            const float* qb = qt + v0 * w;
+            V acc[MR][NR];
+            ATTEND_UNROLL for (int m = 0; m < MR; ++m) ATTEND_UNROLL for (int n = 0; n < NR; ++n)
+                acc[m][n] = V(0.0f);
+            auto span = [&](index_t d0, index_t n) {  // d in [d0, d0 + n)
+              gemm_accumulate<Arch, MR, NR>(
+                  n, [&](int m, index_t d) { return kp[m][d0 + d]; },
+                  [&](index_t d, int r) { return V::load_aligned(qb + (d0 + d) * ld + r * w); },
+                  acc);
+            };
+            const index_t lines_end = dk - dk % line;
+            for (index_t d0 = 0; d0 < lines_end; d0 += line) {
+              if (v0 == 0)  // one line of each row two groups ahead
+                for (int a = 0; a < cfg::mr; ++a) __builtin_prefetch(ahead[a] + d0);
+              span(d0, line);
+            }
+            if (lines_end < dk) {
+              if (v0 == 0)
+                for (int a = 0; a < cfg::mr; ++a) __builtin_prefetch(ahead[a] + lines_end);
+              span(lines_end, dk - lines_end);
+            }
+            ATTEND_UNROLL for (int m = 0; m < MR; ++m) {
+              V mv = acc[m][0];
+              ATTEND_UNROLL for (int n = 1; n < NR; ++n) mv = xsimd::max(mv, acc[m][n]);
+              const float x = reduce_max<Arch>(mv);
+              top[m] = x > top[m] ? x : top[m];  // NaN never wins
+            }
+          });
+    for (int m = 0; m < MR; ++m) best[j0 + m] = top[m];
+  };
+  for (index_t j = 0; j < std::min<index_t>(count, 2 * cfg::mr); ++j) prefetch_row(krows[j], dk);
+  const index_t whole = count - count % cfg::mr;
+  for (index_t j0 = 0; j0 < whole; j0 += cfg::mr) group(std::integral_constant<int, cfg::mr>{}, j0);
+  if (count > whole)
+    detail::with_constant<cfg::mr - 1>(static_cast<int>(count - whole),
+                                       [&](auto kmr) { group(kmr, whole); });
 }
 
 /// acc[r * ldacc + c] += sum_j pt[j * ld + r] * v_j[c + v_off] for r < rows, c < dv, j < count.

@@ -14,7 +14,9 @@
 //   result   m key blocks (k tokens), ascending
 // A range of at most k keys is taken whole. Selection costs O(m log(T / k)) representative
 // blocks per query block: O(T log T) for prefill, sublinear for decode (block_q = 1).
-// Representatives are scored by the engine's score_tiles over a gathered key source.
+// Representatives are scored over the gathered key rows by simd::qk_bcast_max (row maxima of a
+// broadcast GEMM) or, for decode's few rows, the dot kernel; the search's queries are packed
+// once per search, not per round.
 // Defaults follow the v1.0 reference (hip_attention): k 512, block_q 32, block_k 2, window 128,
 // reduce_stride 2, max reduction; v1.1's representative is a node's first block (used here).
 #ifndef ATTEND_SPARSE_HIERARCHICAL_HPP_
@@ -73,7 +75,7 @@ struct hip_params {
 namespace detail {
 
 /// One thread's buffers for the tree search.
-template <class Arch, class KV>
+template <class KV>
 struct hip_scratch {
   index_t* start = nullptr;   // [m] nodes: first block, size in blocks, score (NaN = unknown)
   index_t* size = nullptr;
@@ -84,12 +86,19 @@ struct hip_scratch {
   index_t* sel = nullptr;     // [2m] chosen children
   index_t* rep = nullptr;     // [2m] children whose representative is scored this round
   index_t* keys = nullptr;    // [2m * block_k] representative key positions
+  index_t* key_child = nullptr;  // [2m * block_k] the child each key represents
+  const KV** krow = nullptr;  // [2m * block_k] the keys' rows in one KV head
+  float* kbest = nullptr;     // [2m * block_k] each key's maximum over the rows
+  float* kscore = nullptr;    // [2m * block_k][lanes / 2] few-row scores (dot kernel)
+  float* kf = nullptr;        // [mr][dk] narrow key rows widened
+  float* qt = nullptr;        // [KV heads of an owner][dk][ld] the search's queries, transposed
   float* topk = nullptr;
-  engine::scratch<Arch, KV> eng;
 
-  /// Carves the buffers from b (a counting bump leaves the pointers null).
-  static void layout(attend::detail::bump& b, hip_scratch& s, index_t m, index_t bk,
-                     index_t max_rows, index_t dk) {
+  /// Carves the buffers from b (a counting bump leaves the pointers null); qt_floats: the
+  /// owner's packed queries.
+  template <class Arch>
+  static void layout(attend::detail::bump& b, hip_scratch& s, index_t m, index_t bk, index_t dk,
+                     index_t qt_floats) {
     s.start = b.take<index_t>(m);
     s.size = b.take<index_t>(m);
     s.score = b.take<float>(m);
@@ -99,81 +108,107 @@ struct hip_scratch {
     s.sel = b.take<index_t>(2 * m);
     s.rep = b.take<index_t>(2 * m);
     s.keys = b.take<index_t>(2 * m * bk);
+    s.key_child = b.take<index_t>(2 * m * bk);
+    s.krow = b.take<const KV*>(2 * m * bk);
+    s.kbest = b.take<float>(2 * m * bk);
+    s.kscore = b.take<float>(2 * m * bk * simd::lanes<Arch> / 2);
+    s.kf = b.take<float>(simd::tile_config<Arch>::mr * dk);
+    s.qt = b.take<float>(qt_floats);
     s.topk = b.take<float>(select::top_k_long_scratch(2 * m));
-    s.eng = engine::scratch<Arch, KV>::carve(b, max_rows, dk, dk);
   }
 };
 
 /// The rows that score representatives: the owner's heads times the selected queries of one
-/// query block, through a strided view of q (query index m -> query first + m * stride).
+/// query block, through a strided view of q (query index m -> query first + m * stride). Each
+/// KV head's rows are packed once per search: transposed, ld (a whole number of registers)
+/// apart, for the broadcast kernel; or, when they fill at most half a register (decode),
+/// row-major for the dot kernel, rp (a power of two) rows per KV head.
 struct hip_rows {
   view4<const float> q;  // [batch, selected queries, heads_q, dk]
-  index_t h0 = 0, h1 = 0, group = 1;
+  index_t h0 = 0, h1 = 0, group = 1, ld = 0;
+  bool dot = false;
+  int rp = 1;
+
+  /// The rows of KV head kv: its first head and how many rows.
+  std::pair<index_t, index_t> of_kv(index_t kv) const noexcept {
+    const index_t g0 = std::max(h0, kv * group);
+    return {g0, (std::min(h1, (kv + 1) * group) - g0) * q.extent(1)};
+  }
 };
 
-/// Scores the representatives of children rep[0, nrep) (ascending starts): cscore[child] =
-/// max over the rows and the representative's keys of q . k.
+/// Packs the queries of every KV head the owner spans into ws.qt, slot by slot (dk * ld floats
+/// apart); broadcast-kernel padding rows repeat the head's last row, so they never change a
+/// maximum (the dot kernel's are zero, and their scores are not read).
+template <class KV>
+void hip_pack_queries(const hip_rows& hr, index_t b, const hip_scratch<KV>& ws) noexcept {
+  const index_t nq = hr.q.extent(1), dk = hr.q.extent(3);
+  index_t slot = 0;
+  for (index_t kv = hr.h0 / hr.group; kv * hr.group < hr.h1; ++kv, ++slot) {
+    const auto [g0, rows] = hr.of_kv(kv);
+    float* qt = ws.qt + slot * dk * hr.ld;
+    if (hr.dot) std::fill(qt, qt + hr.rp * dk, 0.0f);
+    for (index_t r = 0; r < (hr.dot ? rows : hr.ld); ++r) {
+      const index_t rr = std::min(r, rows - 1);
+      const float* src = hr.q.data() + hr.q.offset(b, rr % nq, g0 + rr / nq, 0);
+      for (index_t d = 0; d < dk; ++d) {
+        if (hr.dot) qt[r * dk + d] = src[d];
+        else qt[d * hr.ld + r] = src[d];
+      }
+    }
+  }
+}
+
+/// kbest[j] = max over `rows` (<= half a register) of q_r . k_j, by the decode dot kernel
+/// (vectors along the head dimension; rows prefetched eight keys ahead).
+template <class Arch, index_t DK, class KV>
+void hip_dot_max(const hip_rows& hr, const float* q, index_t rows, index_t dk, index_t nkeys,
+                 const hip_scratch<KV>& ws) noexcept {
+  const simd::prefetch_plan<KV> ahead{ws.krow, nkeys, nullptr, 0, 0, dk, nullptr, 0, 0};
+  auto run = [&](auto krp) {
+    constexpr int RP = decltype(krp)::value;
+    if constexpr (RP <= simd::lanes<Arch>)
+      simd::qk_dot<Arch, RP, DK>(ws.krow, nkeys, q, rows, dk, ws.kscore, RP, 0, ahead);
+  };
+  switch (hr.rp) {
+    case 1: run(std::integral_constant<int, 1>{}); break;
+    case 2: run(std::integral_constant<int, 2>{}); break;
+    case 4: run(std::integral_constant<int, 4>{}); break;
+    default: run(std::integral_constant<int, 8>{}); break;
+  }
+  for (index_t j = 0; j < nkeys; ++j) {
+    const float* s = ws.kscore + j * hr.rp;
+    float m = s[0];
+    for (index_t r = 1; r < rows; ++r) m = s[r] > m ? s[r] : m;
+    ws.kbest[j] = m;
+  }
+}
+
+/// Scores the representatives of children rep[0, nrep): cscore[child] = max over the rows and
+/// the representative's keys of q . k (simd::qk_bcast_max over the gathered key rows).
 template <class Arch, index_t DK, class KV, class Rows>
 void hip_score(const Rows& rows, const hip_rows& hr, index_t b, index_t s0, index_t s1,
-               index_t bk, const hip_scratch<Arch, KV>& ws, index_t nrep) noexcept {
+               index_t bk, const hip_scratch<KV>& ws, index_t nrep) noexcept {
   index_t nkeys = 0;
   for (index_t e = 0; e < nrep; ++e) {
     const index_t c = ws.rep[e];
     ws.cscore[c] = -std::numeric_limits<float>::infinity();
     const index_t t0 = s0 + ws.cstart[c] * bk, t1 = std::min(s1, t0 + bk);
-    for (index_t t = t0; t < t1; ++t) ws.keys[nkeys++] = t;
+    for (index_t t = t0; t < t1; ++t) {
+      ws.keys[nkeys] = t;
+      ws.key_child[nkeys++] = c;
+    }
   }
-  if (nkeys == 0) return;
-  using V = simd::vfloat<Arch>;
-  constexpr index_t w = simd::lanes<Arch>;
   const index_t dk = hr.q.extent(3);
-  const index_t max_rows = engine::max_rows_for(dk, dk);
-  const index_t nq = hr.q.extent(1);
-  const engine::problem<KV> pb{hr.q, 1.0f, dk, dk};
-  const engine::variant<> var{};
-  gather_keys<KV, Rows> keys;
-  keys.rows = rows;
-  keys.list = ws.keys;
-  keys.count = nkeys;
-  keys.prefetch_v = false;
-  const index_t qchunk = std::min(nq, max_rows);
-  for (index_t kv = hr.h0 / hr.group; kv * hr.group < hr.h1; ++kv) {
-    const index_t g0 = std::max(hr.h0, kv * hr.group), g1 = std::min(hr.h1, (kv + 1) * hr.group);
-    const index_t hchunk = std::max<index_t>(1, max_rows / qchunk);
-    for (index_t h = g0; h < g1; h += hchunk)
-      for (index_t q0 = 0; q0 < nq; q0 += qchunk) {
-        engine::row_block rb;
-        rb.batch = b;
-        rb.kv_head = kv;
-        rb.group = hr.group;
-        rb.head0 = h;
-        rb.heads = std::min(hchunk, g1 - h);
-        rb.query0 = q0;
-        rb.queries = std::min(qchunk, nq - q0);
-        const index_t n_rows = rb.rows();
-        index_t e = 0;  // representative of the next key (keys and representatives ascend)
-        engine::score_tiles<Arch, DK>(
-            pb, rb, keys, var, ws.eng,
-            [&](const engine::kv_tile<KV>& t, const float* st, index_t ld) {
-              for (index_t j = 0; j < t.count; ++j) {
-                const index_t p = t.pos[j];
-                while (s0 + (ws.cstart[ws.rep[e]] + 1) * bk <= p) ++e;
-                // The maximum over the rows (padding rows score 0: not taken).
-                const float* col = st + j * ld;
-                float m = col[0];
-                index_t r = 0;
-                if (n_rows >= w) {
-                  V mv = V::load_aligned(col);
-                  for (r = w; r + w <= n_rows; r += w)
-                    mv = xsimd::max(mv, V::load_aligned(col + r));
-                  m = simd::reduce_max<Arch>(mv);
-                }
-                for (; r < n_rows; ++r) m = std::max(m, col[r]);
-                float& cs = ws.cscore[ws.rep[e]];
-                if (m > cs) cs = m;  // NaN never wins
-              }
-            });
-      }
+  index_t slot = 0;
+  for (index_t kv = hr.h0 / hr.group; kv * hr.group < hr.h1 && nkeys > 0; ++kv, ++slot) {
+    for (index_t j = 0; j < nkeys; ++j) ws.krow[j] = rows.k_row(b, ws.keys[j], kv);
+    const float* q = ws.qt + slot * dk * hr.ld;
+    if (hr.dot) hip_dot_max<Arch, DK>(hr, q, hr.of_kv(kv).second, dk, nkeys, ws);
+    else simd::qk_bcast_max<Arch, DK>(ws.krow, nkeys, q, hr.ld, dk, ws.kf, ws.kbest);
+    for (index_t j = 0; j < nkeys; ++j) {  // branch-free: the winners are unpredictable
+      float& cs = ws.cscore[ws.key_child[j]];
+      cs = ws.kbest[j] > cs ? ws.kbest[j] : cs;  // NaN never wins
+    }
   }
 }
 
@@ -181,7 +216,7 @@ void hip_score(const Rows& rows, const hip_rows& hr, index_t b, index_t s0, inde
 /// returns their count.
 template <class Arch, index_t DK, class KV, class Rows>
 index_t hip_search(const Rows& rows, const hip_rows& hr, index_t b, index_t s0, index_t s1,
-                   const hip_params& p, const hip_scratch<Arch, KV>& ws, index_t* out) noexcept {
+                   const hip_params& p, const hip_scratch<KV>& ws, index_t* out) noexcept {
   const index_t n = s1 - s0, bk = p.block_k, m = p.nodes();
   const index_t blocks = (n + bk - 1) / bk;
   if (n <= 0) return 0;
@@ -189,6 +224,7 @@ index_t hip_search(const Rows& rows, const hip_rows& hr, index_t b, index_t s0, 
     for (index_t t = 0; t < n; ++t) out[t] = s0 + t;
     return n;
   }
+  hip_pack_queries(hr, b, ws);
   const float unknown = std::numeric_limits<float>::quiet_NaN();
   index_t nodes = m, widest = 0;
   for (index_t i = 0; i < m; ++i) {
@@ -236,15 +272,20 @@ index_t hip_search(const Rows& rows, const hip_rows& hr, index_t b, index_t s0, 
 template <class Arch, index_t DK, class KV, class Rows>
 void hip_select_rows(const view4<const float>& q, const Rows& rows, token_list_buffer& out,
                      const hip_params& p) {
-  using ws_t = hip_scratch<Arch, KV>;
+  using ws_t = hip_scratch<KV>;
+  constexpr index_t w = simd::lanes<Arch>;
   const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
   const index_t dk = q.extent(3), heads_kv = rows.heads(), group = heads_q / heads_kv;
   const index_t m = p.nodes();
   out.reshape(p.owner, p.block_q, batch, heads_q, heads_kv, seq_q, m * p.block_k);
-  const index_t max_rows = engine::max_rows_for(dk, dk);
+  // Packed queries: per KV head an owner spans, its heads times the selected queries.
+  const index_t heads_per_kv = p.owner == list_owner::q_head ? 1 : group;
+  const index_t kv_slots = p.owner == list_owner::layer ? heads_kv : 1;
+  const index_t max_sel = std::max<index_t>(1, p.block_q / p.reduce_stride);
+  const index_t qt_floats = kv_slots * dk * ((heads_per_kv * max_sel + w - 1) / w * w);
   attend::detail::bump counter(nullptr);
   ws_t dummy;
-  ws_t::layout(counter, dummy, m, p.block_k, max_rows, dk);
+  ws_t::template layout<Arch>(counter, dummy, m, p.block_k, dk, qt_floats);
   const index_t per_thread = counter.used();
   const int threads = attend::detail::max_threads();
   workspace local;
@@ -256,7 +297,7 @@ void hip_select_rows(const view4<const float>& q, const Rows& rows, token_list_b
     const index_t o = item % owners, b = (item / owners) % batch;
     ws_t s;
     attend::detail::bump bp(base + t * per_thread);
-    ws_t::layout(bp, s, m, p.block_k, max_rows, dk);
+    ws_t::template layout<Arch>(bp, s, m, p.block_k, dk, qt_floats);
     const index_t len = rows.length(b);
     const index_t t0 = tile * p.block_q, t1 = std::min(seq_q, t0 + p.block_q);
     const index_t t_end = std::clamp<index_t>(len - seq_q + t1, 0, len);  // causal end
@@ -277,6 +318,11 @@ void hip_select_rows(const view4<const float>& q, const Rows& rows, token_list_b
     const auto [h0, h1] = owner_heads(p.owner, o, heads_q, group);
     hr.h0 = h0;
     hr.h1 = h1;
+    const index_t rows_per_kv = std::min(group, h1 - h0) * nsel;
+    hr.ld = (rows_per_kv + w - 1) / w * w;
+    hr.dot = engine::uses_dot_kernel<Arch>(rows_per_kv);
+    hr.rp = engine::dot_rows_padded(rows_per_kv);
+    ATTEND_DCHECK(nsel <= max_sel);
     out.count(b, o, tile) = hip_search<Arch, DK>(rows, hr, b, s0, s1, p, s, out.list(b, o, tile));
   });
 }
