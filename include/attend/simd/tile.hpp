@@ -200,8 +200,11 @@ void qk_bcast_max(const KV* const* ATTEND_RESTRICT krows, index_t count,
       if constexpr (std::is_same_v<KV, float>) {
         kp[m] = krows[j0 + m];
       } else {
-        convert<float, KV, Arch>(krows[j0 + m], kf + m * dk, dk);
-        kp[m] = kf + m * dk;
+        float* dst = kf + m * dk;
+        index_t d = 0;
+        for (; d + w <= dk; d += w) load<Arch>(krows[j0 + m] + d).store_unaligned(dst + d);
+        for (; d < dk; ++d) dst[d] = load_scalar(krows[j0 + m] + d);
+        kp[m] = dst;
       }
     }
     float top[MR];

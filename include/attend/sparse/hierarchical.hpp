@@ -146,17 +146,13 @@ void hip_pack_queries(const hip_rows& hr, index_t b, const hip_scratch<KV>& ws) 
   for (index_t kv = hr.h0 / hr.group; kv * hr.group < hr.h1; ++kv, ++slot) {
     const auto [g0, rows] = hr.of_kv(kv);
     float* qt = ws.qt + slot * dk * hr.ld;
-    auto row = [&](index_t r) {
+    if (hr.dot) std::fill(qt, qt + hr.rp * dk, 0.0f);
+    for (index_t r = 0; r < (hr.dot ? rows : hr.ld); ++r) {
       const index_t rr = std::min(r, rows - 1);
-      return hr.q.data() + hr.q.offset(b, rr % nq, g0 + rr / nq, 0);
-    };
-    if (hr.dot) {
-      std::fill(qt, qt + hr.rp * dk, 0.0f);
-      for (index_t r = 0; r < rows; ++r) std::copy(row(r), row(r) + dk, qt + r * dk);
-    } else {
-      for (index_t r = 0; r < hr.ld; ++r) {
-        const float* src = row(r);
-        for (index_t d = 0; d < dk; ++d) qt[d * hr.ld + r] = src[d];
+      const float* src = hr.q.data() + hr.q.offset(b, rr % nq, g0 + rr / nq, 0);
+      for (index_t d = 0; d < dk; ++d) {
+        if (hr.dot) qt[r * dk + d] = src[d];
+        else qt[d * hr.ld + r] = src[d];
       }
     }
   }
