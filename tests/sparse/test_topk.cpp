@@ -1,9 +1,12 @@
 // Exact top-k selection: equals brute force (per head, per KV group with either reduction, per
 // layer, mean-query tiles, implicit ranges, ragged lengths); k = all keys equals dense attention;
-// top_k_long equals select::top_k; paged selection equals contiguous selection.
+// topk_attention's reuse of the selection scores equals select + gather; top_k_long equals
+// select::top_k; paged selection equals contiguous selection.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <numeric>
+#include <optional>
 
 #include "attend/sparse/select/topk.hpp"
 #include "selection_oracle.hpp"
@@ -155,6 +158,59 @@ TEST(TopkAttention, AllKeysEqualsDense) {
   all_keys_equal_dense<float>(33, 130, list_owner::q_head, true, 902);
   all_keys_equal_dense<float>(20, 90, list_owner::layer, false, 903);
   all_keys_equal_dense<bf16>(1, 2500, list_owner::kv_head, true, 904);
+}
+
+/// With one query per tile, topk_attention reuses the selection's scores as the logits of the
+/// listed keys and reads only their V rows; it must equal topk_select followed by
+/// gather_attention, which scores every key again. lens: valid keys per batch entry (a length
+/// below seq_q leaves causal rows with no key at all).
+template <class KV>
+void reused_scores_equal_gather(index_t sq, index_t hq, index_t hkv, index_t d, list_owner owner,
+                                index_t kk, index_t sinks, index_t window, bool causal,
+                                std::vector<index_t> lens, unsigned seed,
+                                std::optional<float> selection_scale = {}) {
+  SCOPED_TRACE(seed);
+  const index_t batch = static_cast<index_t>(lens.size());
+  const index_t sk = *std::max_element(lens.begin(), lens.end());
+  std::mt19937 rng(seed);
+  auto q = tensor<float, 4>::make({batch, sq, hq, d});
+  auto k = tensor<KV, 4>::make({batch, sk, hkv, d}), v = tensor<KV, 4>::make({batch, sk, hkv, d});
+  fill_uniform(q.view, rng, -1.5f, 1.5f);
+  fill_uniform(k.view, rng, -1.5f, 1.5f);
+  fill_uniform(v.view, rng);
+  sparse::topk_params p;
+  p.k = kk;
+  p.owner = owner;
+  p.sinks = sinks;
+  p.window = window;
+  p.causal = causal;
+  p.kv_lens = make_view<const index_t>(lens.data(), batch);
+  p.scale = selection_scale;
+  auto o = tensor<float, 4>::make({batch, sq, hq, d}), og = tensor<float, 4>::make({batch, sq, hq, d});
+  auto lse = tensor<float, 3>::make({batch, hq, sq}), lg = tensor<float, 3>::make({batch, hq, sq});
+  sparse::token_list_buffer lists, lists_g;
+  workspace sel, att;
+  p.scratch = &sel;
+  sparse::topk_attention(q.view, k.view, v.view, o.view, lists, p, lse.view, &att);
+  sparse::topk_select(q.view, k.view, lists_g, p);
+  sparse::gather_attention(q.view, k.view, v.view, og.view, lists_g.view(), p.gather(lg.view));
+  EXPECT_TRUE(all_close(o.cview(), og.cview(), 2e-6, 2e-5));
+  EXPECT_TRUE(all_close(lse.cview(), lg.cview(), 2e-6, 2e-6));
+  for (index_t i = 0; i < o.view.size(); ++i) ASSERT_FALSE(std::isnan(o.view.data()[i]));
+}
+
+TEST(TopkAttention, ReusedScoresEqualSelectThenGather) {
+  // sq, hq, hkv, d, owner, k, sinks, window, causal, lens
+  reused_scores_equal_gather<float>(1, 8, 2, 64, list_owner::q_head, 50, 4, 32, true, {700, 650}, 1100);
+  reused_scores_equal_gather<float>(1, 8, 2, 128, list_owner::kv_head, 64, 0, 0, true, {3000}, 1101);
+  reused_scores_equal_gather<float>(24, 4, 2, 64, list_owner::q_head, 20, 1, 4, true, {300, 10}, 1102);
+  reused_scores_equal_gather<float>(5, 6, 3, 36, list_owner::layer, 30, 2, 8, false, {200}, 1103);
+  reused_scores_equal_gather<bf16>(1, 8, 2, 64, list_owner::q_head, 80, 4, 16, true, {1000}, 1104);
+  reused_scores_equal_gather<fp16>(3, 8, 2, 40, list_owner::kv_head, 40, 0, 8, true, {500}, 1105);
+  // k above the candidates: every key is listed.
+  reused_scores_equal_gather<float>(2, 4, 1, 64, list_owner::q_head, 500, 2, 2, true, {90}, 1106);
+  // Selection scores raw q . k (TokenSelect's vote): logits are rescaled to attention's scale.
+  reused_scores_equal_gather<float>(1, 8, 2, 64, list_owner::layer, 60, 8, 16, true, {900}, 1107, 1.0f);
 }
 
 TEST(TopkLong, EqualsTopK) {

@@ -611,10 +611,11 @@ inline void validate_gather_common(const char* op, const view4<const float>& q,
   }
 }
 
+/// Checks everything of a contiguous-cache gather except the lists.
 template <class KV>
-void validate_gather(const char* op, const view4<const float>& q, const view4<const KV>& k,
-                     const view4<const KV>& v, const view4<float>& o, const token_lists& lists,
-                     const gather_params& p) {
+void validate_gather_inputs(const char* op, const view4<const float>& q, const view4<const KV>& k,
+                            const view4<const KV>& v, const view4<float>& o,
+                            const gather_params& p) {
   check_tensor(op, "k", k);
   check_tensor(op, "v", v);
   const index_t batch = q.extent(0), seq_k = k.extent(1);
@@ -636,7 +637,15 @@ void validate_gather(const char* op, const view4<const float>& q, const view4<co
       ATTEND_CHECK(p.kv_lens(b) >= 0 && p.kv_lens(b) <= seq_k, op, ": kv_lens[", b, "] = ",
                    p.kv_lens(b), " is outside [0, seq_k = ", seq_k, "]");
   }
-  validate_lists(op, lists, batch, q.extent(2), k.extent(2), q.extent(1),
+}
+
+template <class KV>
+void validate_gather(const char* op, const view4<const float>& q, const view4<const KV>& k,
+                     const view4<const KV>& v, const view4<float>& o, const token_lists& lists,
+                     const gather_params& p) {
+  validate_gather_inputs(op, q, k, v, o, p);
+  const index_t seq_k = k.extent(1);
+  validate_lists(op, lists, q.extent(0), q.extent(2), k.extent(2), q.extent(1),
                  [&](index_t b) { return p.kv_lens.has_value() ? p.kv_lens(b) : seq_k; });
 }
 

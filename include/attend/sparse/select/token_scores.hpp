@@ -8,6 +8,9 @@
 //   reduce        shared lists: per key, the sum over the owner's heads of each head's softmax
 //                 probability (TokenSelect's soft vote) or the maximum score over the heads
 //   select        exact top-k per owner (select::top_k_long), ascending, into the token lists
+//   attend        optional (scored_attention): when a tile is one query, its fingerprint is the
+//                 query, so the scores of the selected keys are already its attention logits;
+//                 attention then reads only their V rows (plus the few implicit keys)
 //
 // Candidates of a tile are the keys a causal query of the tile may see, minus the implicit sinks
 // and window that gather_attention adds anyway: [sinks, min(last + 1, first - window + 1)).
@@ -26,6 +29,7 @@
 #include "../../engine/flash.hpp"
 #include "../../engine/key_sources.hpp"
 #include "../../simd/exp.hpp"
+#include "../../simd/tile.hpp"
 #include "../gather.hpp"
 #include "../token_lists.hpp"
 #include "common.hpp"
@@ -159,6 +163,24 @@ std::pair<float, float> max_and_sum(const float* x, index_t n) noexcept {
   float sum = simd::reduce_sum<Arch>(sv);
   for (; j < n; ++j) sum += std::exp(x[j] - m);
   return {m, sum};
+}
+
+/// x[j] = exp(x[j] - m) for j < n; returns their sum (m finite, x NaN-free).
+template <class Arch>
+float exp_shifted(float* x, index_t n, float m) noexcept {
+  using V = simd::vfloat<Arch>;
+  constexpr index_t w = simd::lanes<Arch>;
+  const V mm(m);
+  V sv(0.0f);
+  index_t j = 0;
+  for (; j + w <= n; j += w) {
+    const V e = simd::exp<Arch>(V::load_unaligned(x + j) - mm);
+    e.store_unaligned(x + j);
+    sv += e;
+  }
+  float sum = simd::reduce_sum<Arch>(sv);
+  for (; j < n; ++j) sum += (x[j] = std::exp(x[j] - m));
+  return sum;
 }
 
 /// Fills the (max, sum) partials of the rows [h0, h0 + heads) of batch b over chunk c.
@@ -336,14 +358,133 @@ inline void select_top(const score_buffers& s, const selection_spec& spec, index
   });
 }
 
+/// The attend stage for tiles of one query (query_block == 1): row (b, i, h) attends to its
+/// list of tile i, with logits s.row(b, h) * logit_scale (the selection scored
+/// selection_scale * q . k; logit_scale = attention scale / selection scale), united with the
+/// implicit sinks and window, which are not candidates and are scored here. Reads the V rows of
+/// the listed keys only. A row with no key gets o = 0 and lse = -inf.
+template <class Arch, class KV, class Rows>
+struct scored_attention {
+  view4<const float> q;
+  Rows rows;
+  view4<float> o;
+  view3<float> lse;  // optional
+  float scale = 1.0f;        // attention's
+  float logit_scale = 1.0f;  // attention scale / selection scale
+  index_t sinks = 0, window = 0;
+  bool causal = true;
+  float* scratch = nullptr;  // [threads][stride], see floats_per_thread
+  index_t stride = 0;
+
+  /// Keys one row may see at most: a full list plus the implicit ranges.
+  static index_t max_keys(index_t capacity, index_t seq_k, index_t sinks, index_t window) {
+    return capacity + std::min(sinks, seq_k) + std::min(window, seq_k);
+  }
+  /// Query heads of one KV head that read the same list: the whole group for shared lists.
+  static index_t heads_per_list(list_owner owner, index_t group) {
+    return owner == list_owner::q_head ? 1 : group;
+  }
+  static index_t floats_per_thread(index_t keys, index_t heads, index_t dk, index_t dv) {
+    attend::detail::bump b(nullptr);
+    b.take<float>(keys * heads);       // logits, then weights: [head][key]
+    b.take<float>(heads > 1 ? keys * heads : 0);  // weights [key][head] for pv_bcast
+    b.take<const KV*>(keys);           // V rows
+    b.take<const KV*>(keys);           // K rows of the implicit keys
+    b.take<float>(heads * (dk + dv + 2));  // scaled queries, accumulators, max and sum
+    return b.used();
+  }
+
+  /// One work unit: the `heads` query heads from h0 on (one KV head's) that share a list.
+  void operator()(const score_buffers& s, const token_list_buffer& lists, index_t tile) const {
+    const index_t seq_q = q.extent(1), dk = q.extent(3), dv = o.extent(3);
+    const index_t keys = max_keys(lists.capacity(), rows.k.extent(1), sinks, window);
+    const index_t heads = heads_per_list(lists.owner(), s.group);
+    const index_t units = s.heads_q / heads;
+    attend::detail::parallel_for(s.batch * units, attend::detail::max_threads(),
+                                 [&](index_t item, int t) {
+      const index_t b = item / units, h0 = item % units * heads, hk = h0 / s.group;
+      attend::detail::bump bp(scratch + t * stride);
+      float* w = bp.take<float>(keys * heads);
+      float* wt = heads > 1 ? bp.take<float>(keys * heads) : w;
+      const KV** vrows = bp.take<const KV*>(keys);
+      const KV** krows = bp.take<const KV*>(keys);
+      float* qs = bp.take<float>(heads * (dk + dv + 2));
+      float* acc = qs + heads * dk;
+      float* m = acc + heads * dv;
+      float* l = m + heads;
+      const index_t len = rows.length(b), pos = len - seq_q + tile;
+      implicit_ranges imp = implicit_for(len, pos, pos, sinks, window);
+      if (causal) imp.sink_end = std::max<index_t>(0, std::min(imp.sink_end, pos + 1));
+      // Implicit keys first (sinks, then the window past them), scored against the scaled query.
+      index_t n = 0;
+      auto take_range = [&](index_t j0, index_t j1) {
+        for (index_t j = j0; j < j1; ++j, ++n) {
+          krows[n] = rows.k_row(b, j, hk);
+          vrows[n] = rows.v_row(b, j, hk);
+        }
+      };
+      take_range(0, imp.sink_end);
+      take_range(std::max(imp.win_lo, imp.sink_end), imp.win_hi);
+      if (n > 0)
+        for (index_t r = 0; r < heads; ++r) {
+          const float* qr = q.data() + q.offset(b, tile, h0 + r, 0);
+          for (index_t d = 0; d < dk; ++d) qs[r * dk + d] = qr[d] * scale;
+          simd::qk_dot<Arch, 1>(krows, n, qs + r * dk, 1, dk, w + r * keys, 1);
+        }
+      const index_t owner = owner_of(lists.owner(), h0, s.group);
+      const index_t* list = lists.list(b, owner, tile);
+      const index_t count = lists.count(b, owner, tile);
+      for (index_t r = 0; r < heads; ++r) {
+        const float* logits = s.row(b, h0 + r);
+        float* dst = w + r * keys + n;
+        for (index_t e = 0; e < count; ++e) dst[e] = logits[list[e]] * logit_scale;
+      }
+      for (index_t e = 0; e < count; ++e) vrows[n + e] = rows.v_row(b, list[e], hk);
+      n += count;
+      constexpr index_t ahead = 32, chunk = 16;  // V rows prefetched ahead of the sum
+      for (index_t j = 0; j < std::min(n, ahead); ++j) simd::prefetch_row(vrows[j], dv);
+      // Per head: weights exp(logit - max) in place, the sum kept for the normalisation.
+      const float ninf = -std::numeric_limits<float>::infinity();
+      for (index_t r = 0; r < heads; ++r) {
+        float* x = w + r * keys;
+        m[r] = ninf;
+        for (index_t j = 0; j < n; ++j) m[r] = std::max(m[r], x[j]);
+        if (m[r] == ninf) {  // no key (or all -inf): the row adds nothing
+          std::fill(x, x + n, 0.0f);
+          l[r] = 0.0f;
+        } else {
+          l[r] = exp_shifted<Arch>(x, n, m[r]);
+        }
+      }
+      if (heads > 1)
+        for (index_t j = 0; j < n; ++j)
+          for (index_t r = 0; r < heads; ++r) wt[j * heads + r] = w[r * keys + j];
+      std::fill(acc, acc + heads * dv, 0.0f);
+      for (index_t j0 = 0; j0 < n; j0 += chunk) {
+        const index_t kn = std::min(chunk, n - j0);
+        for (index_t j = j0 + ahead; j < std::min(n, j0 + ahead + chunk); ++j)
+          simd::prefetch_row(vrows[j], dv);
+        simd::pv_bcast<Arch>(wt + j0 * heads, heads, heads, vrows + j0, kn, dv, acc, dv);
+      }
+      for (index_t r = 0; r < heads; ++r) {
+        float* orow = o.data() + o.offset(b, tile, h0 + r, 0);
+        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        for (index_t c = 0; c < dv; ++c) orow[c] = acc[r * dv + c] * inv;
+        if (lse.has_value()) lse(b, h0 + r, tile) = l[r] > 0.0f ? m[r] + std::log(l[r]) : ninf;
+      }
+    });
+  }
+};
+
 /// Runs the whole pipeline for every query tile of q [batch, seq_q, heads_q, dk] over keys of
 /// `rows` (lengths per batch), writing `out` (reshaped to the spec's owner and query block,
 /// capacity k). `score(s, need_partials)` fills s.scores (and the partials when asked) for the
-/// candidates [s.lo[b], s.hi[b]) of the current tile from s.fingerprints().
-template <class Arch, class KV, class Rows, class Scorer>
+/// candidates [s.lo[b], s.hi[b]) of the current tile from s.fingerprints(); `attend_stage(s,
+/// out, tile)`, when given, runs after each tile's selection (the attend stage).
+template <class Arch, class KV, class Rows, class Scorer, class Attend = std::nullptr_t>
 void select_tokens(const view4<const float>& q, const Rows& rows, index_t seq_k,
                    token_list_buffer& out, const selection_spec& spec, workspace* user_scratch,
-                   Scorer&& score) {
+                   Scorer&& score, const Attend& attend_stage = nullptr) {
   const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
   const index_t dk = q.extent(3), heads_kv = rows.heads();
   out.reshape(spec.owner, spec.query_block, batch, heads_q, heads_kv, seq_q,
@@ -368,6 +509,7 @@ void select_tokens(const view4<const float>& q, const Rows& rows, index_t seq_k,
     if (partials) merge_partials(s);
     if (shared) reduce_heads<Arch>(s, spec.owner, spec.reduce);
     select_top(s, spec, tile, out);
+    if constexpr (!std::is_same_v<Attend, std::nullptr_t>) attend_stage(s, out, tile);
   }
 }
 

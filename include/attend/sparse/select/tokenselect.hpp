@@ -44,8 +44,8 @@ class tokenselect {
   }
 
   /// Attention of q [batch, seq_q, heads_q, dim] over the cache k / v [batch, seq_k, heads_kv,
-  /// dim] (valid lengths kv_lens, optional): selects (or reuses the cached selection) and runs
-  /// gather_attention. o [batch, seq_q, heads_q, dv]; lse optional [batch, heads_q, seq_q].
+  /// dim] (valid lengths kv_lens, optional): selects and attends (topk_attention), or reuses the
+  /// cached selection and runs gather_attention. o [batch, seq_q, heads_q, dv]; lse optional [batch, heads_q, seq_q].
   template <class TQ, class TK, class TV>
   void attend(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& k,
               const tensor_view<TV, 4>& v, const tensor_view<float, 4>& o,
@@ -58,11 +58,13 @@ class tokenselect {
                      lists_.batch() == qc.extent(0) && lists_.tiles() == tile_count(qc.extent(1), tp.query_block);
     cache_.count_lookup(hit);
     reused_ = hit;
-    if (!hit) {
-      topk_select(q, k, lists_, tp);
-      cache_.store(fp_.data(), qc.extent(0), n);
+    if (hit) {
+      gather_attention(q, k, v, o, lists_.view(), tp.gather(lse, &gather_ws_));
+      return;
     }
-    gather_attention(q, k, v, o, lists_.view(), tp.gather(lse, &gather_ws_));
+    // A fresh selection: topk_attention reuses its scores as logits where it can (decode).
+    topk_attention(q, k, v, o, lists_, tp, lse, &gather_ws_);
+    cache_.store(fp_.data(), qc.extent(0), n);
   }
 
   /// The selection parameters this layer uses for a call with seq_q queries.

@@ -97,16 +97,19 @@ inline selection_spec spec_of(const topk_params& p, index_t dk) {
   return s;
 }
 
-/// Exact-score selection over any key rows (contiguous or paged).
-template <class Arch, class KV, class Rows>
+/// Exact-score selection over any key rows (contiguous or paged), with an optional attend stage.
+template <class Arch, class KV, class Rows, class Attend = std::nullptr_t>
 void select_exact(const view4<const float>& q, const Rows& rows, index_t seq_k,
-                  token_list_buffer& out, const selection_spec& spec, workspace* scratch) {
+                  token_list_buffer& out, const selection_spec& spec, workspace* scratch,
+                  const Attend& attend_stage = nullptr) {
   attend::detail::dispatch_head_dims(q.extent(3), q.extent(3), [&](auto kdk, auto) {
     constexpr index_t DK = decltype(kdk)::value;
-    select_tokens<Arch, KV>(q, rows, seq_k, out, spec, scratch,
-                            [&](const score_buffers& s, bool partials) {
-                              score_with_engine<Arch, DK, KV>(rows, s, partials);
-                            });
+    select_tokens<Arch, KV>(
+        q, rows, seq_k, out, spec, scratch,
+        [&](const score_buffers& s, bool partials) {
+          score_with_engine<Arch, DK, KV>(rows, s, partials);
+        },
+        attend_stage);
   });
 }
 
@@ -174,16 +177,48 @@ void topk_select(const tensor_view<TQ, 4>& q, const paged_kv<KV>& cache, token_l
                                                 detail::spec_of(p, qc.extent(3)), p.scratch);
 }
 
-/// Exact top-k attention: topk_select, then gather_attention over the lists with the same
-/// implicit ranges. o [batch, seq_q, heads_q, dv]; lse optional [batch, heads_q, seq_q].
-/// `lists` keeps the selection (reused storage across calls).
+/// Exact top-k attention: topk_select, then attention over the lists with the same implicit
+/// ranges (as gather_attention). o [batch, seq_q, heads_q, dv]; lse optional [batch, heads_q,
+/// seq_q]. `lists` keeps the selection (reused storage across calls).
+///
+/// With p.query_block == 1 (and a nonzero p.scale), each query's selection scores are its
+/// attention logits up to the ratio of the scales: they are reused, so attention reads only the
+/// V rows of the selected keys (decode: all of K once, then 1/64 of V at k = 2048 of 128K)
+/// instead of gathering their K rows again. Otherwise this is topk_select + gather_attention.
 template <class TQ, class TK, class TV>
 void topk_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& k,
                     const tensor_view<TV, 4>& v, const tensor_view<float, 4>& o,
                     token_list_buffer& lists, const topk_params& p = {},
                     const view3<float>& lse = {}, workspace* gather_scratch = nullptr) {
-  topk_select(q, k, lists, p);
-  gather_attention(q, k, v, o, lists.view(), p.gather(lse, gather_scratch));
+  using KV = std::remove_const_t<TK>;
+  using Arch = xsimd::default_arch;
+  static_assert(std::is_same_v<KV, std::remove_const_t<TV>>, "k and v must have one type");
+  const float attention_scale = 1.0f / std::sqrt(static_cast<float>(q.extent(3)));
+  const detail::selection_spec spec = detail::spec_of(p, q.extent(3));
+  if (p.query_block != 1 || spec.scale == 0.0f) {
+    topk_select(q, k, lists, p);
+    gather_attention(q, k, v, o, lists.view(), p.gather(lse, gather_scratch));
+    return;
+  }
+  static_assert(std::is_same_v<std::remove_const_t<TQ>, float>, "q must be float");
+  static_assert(is_storage_type_v<KV>, "k and v must be float, bf16 or fp16");
+  constexpr const char* op = "attend::sparse::topk_attention";
+  const view4<const float> qc = q;
+  const view4<const KV> kc = k, vc = v;
+  detail::validate_select_keys(op, qc, kc, p.kv_lens);
+  detail::validate_topk_params(op, p);
+  detail::validate_gather_inputs(op, qc, kc, vc, o, p.gather(lse));
+  using rows_t = detail::contiguous_rows<KV>;
+  const rows_t rows{kc, vc, p.kv_lens.has_value() ? p.kv_lens.data() : nullptr};
+  detail::scored_attention<Arch, KV, rows_t> stage{
+      qc, rows, o, lse, attention_scale, attention_scale / spec.scale, p.sinks, p.window, p.causal};
+  const index_t keys = stage.max_keys(p.k, kc.extent(1), p.sinks, p.window);
+  const index_t heads = stage.heads_per_list(p.owner, qc.extent(2) / kc.extent(2));
+  stage.stride = stage.floats_per_thread(keys, heads, qc.extent(3), vc.extent(3));
+  workspace local;
+  workspace& ws = gather_scratch ? *gather_scratch : local;
+  stage.scratch = ws.reserve(attend::detail::max_threads() * stage.stride);
+  detail::select_exact<Arch, KV>(qc, rows, kc.extent(1), lists, spec, p.scratch, stage);
 }
 
 }  // namespace attend::sparse
