@@ -144,21 +144,30 @@ inline void fingerprint(const view4<const float>& q, index_t t0, index_t t1,
     }
 }
 
+/// max of x[0, n); -inf when n == 0 (NaN-free input).
+template <class Arch>
+float max_of(const float* x, index_t n) noexcept {
+  using V = simd::vfloat<Arch>;
+  constexpr index_t w = simd::lanes<Arch>;
+  V mv(-std::numeric_limits<float>::infinity());
+  index_t j = 0;
+  for (; j + w <= n; j += w) mv = xsimd::max(mv, V::load_unaligned(x + j));
+  float m = simd::reduce_max<Arch>(mv);
+  for (; j < n; ++j) m = std::max(m, x[j]);
+  return m;
+}
+
 /// (max, sum exp(x - max)) of x[0, n) (NaN-free input).
 template <class Arch>
 std::pair<float, float> max_and_sum(const float* x, index_t n) noexcept {
   using V = simd::vfloat<Arch>;
   constexpr index_t w = simd::lanes<Arch>;
   const float ninf = -std::numeric_limits<float>::infinity();
-  V mv(ninf);
-  index_t j = 0;
-  for (; j + w <= n; j += w) mv = xsimd::max(mv, V::load_unaligned(x + j));
-  float m = simd::reduce_max<Arch>(mv);
-  for (; j < n; ++j) m = std::max(m, x[j]);
+  const float m = max_of<Arch>(x, n);
   if (m == ninf) return {ninf, 0.0f};
   V sv(0.0f);
   const V mm(m);
-  j = 0;
+  index_t j = 0;
   for (; j + w <= n; j += w) sv += simd::exp<Arch>(V::load_unaligned(x + j) - mm);
   float sum = simd::reduce_sum<Arch>(sv);
   for (; j < n; ++j) sum += std::exp(x[j] - m);
@@ -447,8 +456,7 @@ struct scored_attention {
       const float ninf = -std::numeric_limits<float>::infinity();
       for (index_t r = 0; r < heads; ++r) {
         float* x = w + r * keys;
-        m[r] = ninf;
-        for (index_t j = 0; j < n; ++j) m[r] = std::max(m[r], x[j]);
+        m[r] = max_of<Arch>(x, n);
         if (m[r] == ninf) {  // no key (or all -inf): the row adds nothing
           std::fill(x, x + n, 0.0f);
           l[r] = 0.0f;
