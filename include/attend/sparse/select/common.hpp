@@ -285,10 +285,56 @@ inline float kth_largest(const float* v, index_t n, index_t k, std::int32_t* key
   return from_ordered_key(kth_largest_key(keys, n, k));
 }
 
+#if defined(__AVX2__)
+/// For each 8-bit mask, the positions of its set bits, packed low (AVX2 has no compress).
+struct compress_table {
+  alignas(32) std::int32_t lanes[256][8];
+  constexpr compress_table() : lanes{} {
+    for (int m = 0; m < 256; ++m) {
+      int c = 0;
+      for (int b = 0; b < 8; ++b)
+        if (m >> b & 1) lanes[m][c++] = b;
+    }
+  }
+};
+inline constexpr compress_table compress_lanes{};
+#endif
+
+/// Appends (in index order) the scores[i] >= bound to cval and their indices to cidx; returns
+/// the count. About one register in four holds a hit at decode, too many to branch on: AVX2
+/// packs each register's hits with a permutation and stores all eight lanes, so cval and cidx
+/// need 8 entries of slack past the count. n < 2^31.
+inline index_t keep_reaching(const float* scores, index_t n, float bound, float* cval,
+                             std::int32_t* cidx) noexcept {
+  index_t c = 0, i = 0;
+#if defined(__AVX2__)
+  const __m256 vb = _mm256_set1_ps(bound);
+  const __m256i eight = _mm256_set1_epi32(8);
+  __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (const index_t whole = n - n % 8; i < whole; i += 8) {
+    const __m256 x = _mm256_loadu_ps(scores + i);
+    const int m = _mm256_movemask_ps(_mm256_cmp_ps(x, vb, _CMP_GE_OQ));
+    const __m256i perm =
+        _mm256_load_si256(reinterpret_cast<const __m256i*>(compress_lanes.lanes[m]));
+    _mm256_storeu_ps(cval + c, _mm256_permutevar8x32_ps(x, perm));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(cidx + c),
+                        _mm256_permutevar8x32_epi32(lane, perm));
+    c += __builtin_popcount(static_cast<unsigned>(m));
+    lane = _mm256_add_epi32(lane, eight);
+  }
+#endif
+  for (; i < n; ++i) {  // branch-free append
+    cval[c] = scores[i];
+    cidx[c] = static_cast<std::int32_t>(i);
+    c += scores[i] >= bound ? 1 : 0;
+  }
+  return c;
+}
+
 }  // namespace detail
 
 /// Scratch floats top_k_long needs for n scores.
-inline index_t top_k_long_scratch(index_t n) noexcept { return 5 * n + 16; }
+inline index_t top_k_long_scratch(index_t n) noexcept { return 4 * n + 16; }
 
 /// top_k for long score vectors (token scores over a whole KV cache at decode, HiP's children):
 /// the same result as top_k (indices ascending, NaN and -inf never chosen, ties to the lower
@@ -298,22 +344,21 @@ inline index_t top_k_long_scratch(index_t n) noexcept { return 5 * n + 16; }
 /// make the maxima a vertical max. Only scores reaching the bound are kept as candidates (in
 /// index order); the threshold among them comes from kth_largest (bisection, no branches on
 /// data). Shorter vectors take every selectable score as a candidate.
-/// \param out room for min(k, n) indices  \param scratch at least top_k_long_scratch(n) floats
+/// \param n below 2^31  \param out room for min(k, n) indices
+/// \param scratch at least top_k_long_scratch(n) floats
 /// Returns the number written: min(k, number of selectable entries).
 inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* out,
                           float* scratch) noexcept {
-  using V = simd::vfloat<xsimd::default_arch>;
-  constexpr index_t w = simd::lanes<xsimd::default_arch>;
+  ATTEND_DCHECK(n <= std::numeric_limits<std::int32_t>::max());
   if (k <= 0 || n <= 0) return 0;
   const float ninf = -std::numeric_limits<float>::infinity();
   index_t per = 16;  // scores per group; aim for >= 4k groups so that few scores reach the bound
   while (per > 1 && n / per < 4 * k) per /= 2;
   const index_t groups = (n + per - 1) / per;
-  float* gmax = scratch;                 // [groups <= n] group maxima
-  float* cval = scratch + n;             // [n] candidate values, in index order
-  auto* keys = reinterpret_cast<std::int32_t*>(scratch + 2 * n);  // [n] ordered keys
-  auto* cidx = reinterpret_cast<index_t*>(  // [n] candidate indices, 8-byte aligned (slack: 16)
-      (reinterpret_cast<std::uintptr_t>(scratch + 3 * n) + 7) & ~std::uintptr_t{7});
+  float* gmax = scratch;                                          // [groups <= n] group maxima
+  float* cval = scratch + n;                                      // [n + 8] candidate values
+  auto* cidx = reinterpret_cast<std::int32_t*>(scratch + 2 * n + 8);  // [n + 8] their indices
+  auto* keys = reinterpret_cast<std::int32_t*>(scratch + 3 * n + 16);  // [n] ordered keys
   float bound = ninf;
   if (per > 1 && groups > k) {
     for (index_t g = 0; g < groups; ++g) gmax[g] = ninf;
@@ -334,28 +379,9 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
     }
     if (bound == ninf) bound = detail::kth_largest(gmax, groups, k, keys);
   }
-  index_t c = 0;
-  if (bound > ninf) {
-    // Few scores reach the bound: test a register at a time, look closer only at hits.
-    const V vb(bound);
-    auto keep_from = [&](index_t i, index_t end) {  // branch-free append
-      for (index_t e = i; e < end; ++e) {
-        cval[c] = scores[e];
-        cidx[c] = e;
-        c += scores[e] >= bound ? 1 : 0;
-      }
-    };
-    const index_t whole = n - n % w;
-    for (index_t i = 0; i < whole; i += w)
-      if (xsimd::any(V::load_unaligned(scores + i) >= vb)) keep_from(i, i + w);
-    keep_from(whole, n);
-  } else {
-    for (index_t i = 0; i < n; ++i) {  // branch-free append
-      cval[c] = scores[i];
-      cidx[c] = i;
-      c += scores[i] > ninf ? 1 : 0;
-    }
-  }
+  // Without a bound every selectable score is a candidate: x >= lowest excludes -inf and NaN.
+  const index_t c = detail::keep_reaching(
+      scores, n, bound > ninf ? bound : std::numeric_limits<float>::lowest(), cval, cidx);
   if (c <= k) {  // every candidate is chosen (only when at most k entries are selectable)
     std::copy(cidx, cidx + c, out);
     return c;

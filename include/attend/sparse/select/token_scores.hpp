@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <type_traits>
@@ -495,6 +496,8 @@ void select_tokens(const view4<const float>& q, const Rows& rows, index_t seq_k,
                    Scorer&& score, const Attend& attend_stage = nullptr) {
   const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
   const index_t dk = q.extent(3), heads_kv = rows.heads();
+  ATTEND_CHECK(seq_k <= std::numeric_limits<std::int32_t>::max(), "attend::sparse: ", seq_k,
+               " keys per sequence; the token selectors take at most 2^31 - 1");
   out.reshape(spec.owner, spec.query_block, batch, heads_q, heads_kv, seq_q,
               std::max<index_t>(1, spec.k));
   workspace local;
