@@ -213,6 +213,69 @@ TEST(TopkAttention, ReusedScoresEqualSelectThenGather) {
   reused_scores_equal_gather<float>(1, 8, 2, 64, list_owner::layer, 60, 8, 16, true, {900}, 1107, 1.0f);
 }
 
+/// topk_attention over a paged cache (pages in reversed order, ragged lengths) must list the
+/// keys the contiguous call lists and equal topk_select + gather_attention on the same pages,
+/// which score every listed key again.
+template <class KV>
+void paged_reused_scores_equal_gather(list_owner owner, index_t kk, index_t sinks, index_t window,
+                                      std::vector<index_t> lens, unsigned seed) {
+  SCOPED_TRACE(seed);
+  const index_t batch = static_cast<index_t>(lens.size()), hq = 8, hkv = 2, d = 64, page = 16;
+  const index_t sk = *std::max_element(lens.begin(), lens.end());
+  const index_t per_seq = (sk + page - 1) / page, pages = batch * per_seq;
+  std::mt19937 rng(seed);
+  auto q = tensor<float, 4>::make({batch, 1, hq, d});
+  auto k = tensor<KV, 4>::make({batch, sk, hkv, d}), v = tensor<KV, 4>::make({batch, sk, hkv, d});
+  fill_uniform(q.view, rng, -1.5f, 1.5f);
+  fill_uniform(k.view, rng, -1.5f, 1.5f);
+  fill_uniform(v.view, rng);
+  auto kp = tensor<KV, 4>::make({pages, page, hkv, d}), vp = tensor<KV, 4>::make({pages, page, hkv, d});
+  auto table = tensor<index_t, 2>::make({batch, per_seq});
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t g = 0; g < per_seq; ++g) {
+      const index_t id = pages - 1 - (b * per_seq + g);
+      table.view(b, g) = id;
+      for (index_t t = 0; t < page && g * page + t < sk; ++t)
+        for (index_t h = 0; h < hkv; ++h)
+          for (index_t c = 0; c < d; ++c) {
+            kp.view(id, t, h, c) = k.view(b, g * page + t, h, c);
+            vp.view(id, t, h, c) = v.view(b, g * page + t, h, c);
+          }
+    }
+  const sparse::paged_kv<KV> cache{kp.cview(), vp.cview(), table.cview(),
+                                   make_view<const index_t>(lens.data(), batch)};
+  sparse::topk_params p;
+  p.k = kk;
+  p.owner = owner;
+  p.sinks = sinks;
+  p.window = window;
+  auto o = tensor<float, 4>::make({batch, 1, hq, d}), og = tensor<float, 4>::make({batch, 1, hq, d});
+  auto oc = tensor<float, 4>::make({batch, 1, hq, d});
+  auto lse = tensor<float, 3>::make({batch, hq, 1}), lg = tensor<float, 3>::make({batch, hq, 1});
+  sparse::token_list_buffer lists, lists_g, lists_c;
+  sparse::topk_attention(q.view, cache, o.view, lists, p, lse.view);
+  sparse::topk_select(q.view, cache, lists_g, p);
+  sparse::gather_attention(q.view, cache, og.view, lists_g.view(), p.gather(lg.view));
+  EXPECT_TRUE(all_close(o.cview(), og.cview(), 2e-6, 2e-5));
+  EXPECT_TRUE(all_close(lse.cview(), lg.cview(), 2e-6, 2e-6));
+  p.kv_lens = make_view<const index_t>(lens.data(), batch);
+  sparse::topk_attention(q.view, k.view, v.view, oc.view, lists_c, p);
+  const index_t owners = owner == list_owner::q_head ? hq : hkv;
+  for (index_t b = 0; b < batch; ++b)
+    for (index_t w = 0; w < owners; ++w) {
+      ASSERT_EQ(lists.count(b, w, 0), lists_c.count(b, w, 0));
+      for (index_t e = 0; e < lists.count(b, w, 0); ++e)
+        EXPECT_EQ(lists.list(b, w, 0)[e], lists_c.list(b, w, 0)[e]);
+    }
+}
+
+TEST(TopkAttention, PagedEqualsSelectThenGather) {
+  // owner, k, sinks, window, lengths per sequence
+  paged_reused_scores_equal_gather<float>(list_owner::q_head, 40, 3, 20, {500, 333, 90}, 1200);
+  paged_reused_scores_equal_gather<float>(list_owner::kv_head, 64, 0, 0, {1000}, 1201);
+  paged_reused_scores_equal_gather<bf16>(list_owner::q_head, 30, 4, 8, {260, 17}, 1202);
+}
+
 TEST(TopkLong, EqualsTopK) {
   std::mt19937 rng(1000);
   std::uniform_int_distribution<int> level(0, 40);

@@ -649,9 +649,10 @@ void validate_gather(const char* op, const view4<const float>& q, const view4<co
                  [&](index_t b) { return p.kv_lens.has_value() ? p.kv_lens(b) : seq_k; });
 }
 
+/// Checks everything of a paged-cache gather except the lists.
 template <class KV>
-void validate_paged(const char* op, const view4<const float>& q, const paged_kv<KV>& c,
-                    const view4<float>& o, const token_lists& lists, const gather_params& p) {
+void validate_paged_inputs(const char* op, const view4<const float>& q, const paged_kv<KV>& c,
+                           const view4<float>& o, const gather_params& p) {
   check_tensor(op, "k_pages", c.k_pages);
   check_tensor(op, "v_pages", c.v_pages);
   check_tensor(op, "page_table", c.page_table);
@@ -679,7 +680,13 @@ void validate_paged(const char* op, const view4<const float>& q, const paged_kv<
                    b, ", ", g, ") = ", c.page_table(b, g), " is outside [0, pages = ", pages,
                    ")");
   }
-  validate_lists(op, lists, batch, q.extent(2), c.k_pages.extent(2), q.extent(1),
+}
+
+template <class KV>
+void validate_paged(const char* op, const view4<const float>& q, const paged_kv<KV>& c,
+                    const view4<float>& o, const token_lists& lists, const gather_params& p) {
+  validate_paged_inputs(op, q, c, o, p);
+  validate_lists(op, lists, q.extent(0), q.extent(2), c.k_pages.extent(2), q.extent(1),
                  [&](index_t b) { return c.lengths(b); });
 }
 

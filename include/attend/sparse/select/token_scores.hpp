@@ -383,6 +383,7 @@ struct scored_attention {
   float logit_scale = 1.0f;  // attention scale / selection scale
   index_t sinks = 0, window = 0;
   bool causal = true;
+  index_t seq_k = 0;  // the longest sequence (bounds the implicit ranges)
   float* scratch = nullptr;  // [threads][stride], see floats_per_thread
   index_t stride = 0;
 
@@ -407,7 +408,7 @@ struct scored_attention {
   /// One work unit: the `heads` query heads from h0 on (one KV head's) that share a list.
   void operator()(const score_buffers& s, const token_list_buffer& lists, index_t tile) const {
     const index_t seq_q = q.extent(1), dk = q.extent(3), dv = o.extent(3);
-    const index_t keys = max_keys(lists.capacity(), rows.k.extent(1), sinks, window);
+    const index_t keys = max_keys(lists.capacity(), seq_k, sinks, window);
     const index_t heads = heads_per_list(lists.owner(), s.group);
     const index_t units = s.heads_q / heads;
     attend::detail::parallel_for(s.batch * units, attend::detail::max_threads(),

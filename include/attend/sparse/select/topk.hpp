@@ -8,6 +8,7 @@
 #ifndef ATTEND_SPARSE_SELECT_TOPK_HPP_
 #define ATTEND_SPARSE_SELECT_TOPK_HPP_
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <type_traits>
@@ -113,6 +114,36 @@ void select_exact(const view4<const float>& q, const Rows& rows, index_t seq_k,
   });
 }
 
+/// The longest sequence of a paged cache (at least 1: the score rows' length).
+template <class KV>
+index_t longest_sequence(const paged_kv<KV>& cache) noexcept {
+  index_t longest = 1;
+  for (index_t b = 0; b < cache.lengths.extent(0); ++b)
+    longest = std::max(longest, cache.lengths(b));
+  return longest;
+}
+
+/// topk_attention at one query per tile (inputs validated): the selection's attend stage
+/// (scored_attention) reuses its scores as logits and reads only the chosen V rows.
+template <class Arch, class KV, class Rows>
+void topk_attention_scored(const view4<const float>& q, const Rows& rows, index_t seq_k,
+                           index_t dv, const view4<float>& o, token_list_buffer& lists,
+                           const topk_params& p, const view3<float>& lse,
+                           workspace* gather_scratch) {
+  const selection_spec spec = spec_of(p, q.extent(3));
+  const float attention_scale = 1.0f / std::sqrt(static_cast<float>(q.extent(3)));
+  scored_attention<Arch, KV, Rows> stage{q,        rows,     o,       lse,
+                                         attention_scale, attention_scale / spec.scale,
+                                         p.sinks,  p.window, p.causal, seq_k};
+  const index_t keys = stage.max_keys(p.k, seq_k, p.sinks, p.window);
+  const index_t heads = stage.heads_per_list(p.owner, q.extent(2) / rows.heads());
+  stage.stride = stage.floats_per_thread(keys, heads, q.extent(3), dv);
+  workspace local;
+  workspace& ws = gather_scratch ? *gather_scratch : local;
+  stage.scratch = ws.reserve(attend::detail::max_threads() * stage.stride);
+  select_exact<Arch, KV>(q, rows, seq_k, lists, spec, p.scratch, stage);
+}
+
 }  // namespace detail
 
 /// Exact top-k selection into token lists.
@@ -159,7 +190,6 @@ void topk_select(const tensor_view<TQ, 4>& q, const paged_kv<KV>& cache, token_l
                    cache.lengths.extent(0) == qc.extent(0),
                op, ": paged cache ", detail::shape_string(cache.k_pages), " / page table ",
                detail::shape_string(cache.page_table), " do not fit q ", detail::shape_string(qc));
-  index_t longest = 0;
   const index_t page = cache.k_pages.extent(1);
   for (index_t b = 0; b < qc.extent(0); ++b) {
     const index_t len = cache.lengths(b);
@@ -169,11 +199,10 @@ void topk_select(const tensor_view<TQ, 4>& q, const paged_kv<KV>& cache, token_l
       ATTEND_CHECK(cache.page_table(b, g) >= 0 && cache.page_table(b, g) < cache.k_pages.extent(0),
                    op, ": page_table(", b, ", ", g, ") = ", cache.page_table(b, g),
                    " is outside [0, pages)");
-    longest = std::max(longest, len);
   }
   const detail::paged_rows<KV> rows{cache.k_pages, cache.k_pages, cache.page_table,
                                     cache.lengths.data()};
-  detail::select_exact<xsimd::default_arch, KV>(qc, rows, std::max<index_t>(1, longest), out,
+  detail::select_exact<xsimd::default_arch, KV>(qc, rows, detail::longest_sequence(cache), out,
                                                 detail::spec_of(p, qc.extent(3)), p.scratch);
 }
 
@@ -191,11 +220,8 @@ void topk_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& k,
                     token_list_buffer& lists, const topk_params& p = {},
                     const view3<float>& lse = {}, workspace* gather_scratch = nullptr) {
   using KV = std::remove_const_t<TK>;
-  using Arch = xsimd::default_arch;
   static_assert(std::is_same_v<KV, std::remove_const_t<TV>>, "k and v must have one type");
-  const float attention_scale = 1.0f / std::sqrt(static_cast<float>(q.extent(3)));
-  const detail::selection_spec spec = detail::spec_of(p, q.extent(3));
-  if (p.query_block != 1 || spec.scale == 0.0f) {
+  if (p.query_block != 1 || detail::spec_of(p, q.extent(3)).scale == 0.0f) {
     topk_select(q, k, lists, p);
     gather_attention(q, k, v, o, lists.view(), p.gather(lse, gather_scratch));
     return;
@@ -208,17 +234,34 @@ void topk_attention(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& k,
   detail::validate_select_keys(op, qc, kc, p.kv_lens);
   detail::validate_topk_params(op, p);
   detail::validate_gather_inputs(op, qc, kc, vc, o, p.gather(lse));
-  using rows_t = detail::contiguous_rows<KV>;
-  const rows_t rows{kc, vc, p.kv_lens.has_value() ? p.kv_lens.data() : nullptr};
-  detail::scored_attention<Arch, KV, rows_t> stage{
-      qc, rows, o, lse, attention_scale, attention_scale / spec.scale, p.sinks, p.window, p.causal};
-  const index_t keys = stage.max_keys(p.k, kc.extent(1), p.sinks, p.window);
-  const index_t heads = stage.heads_per_list(p.owner, qc.extent(2) / kc.extent(2));
-  stage.stride = stage.floats_per_thread(keys, heads, qc.extent(3), vc.extent(3));
-  workspace local;
-  workspace& ws = gather_scratch ? *gather_scratch : local;
-  stage.scratch = ws.reserve(attend::detail::max_threads() * stage.stride);
-  detail::select_exact<Arch, KV>(qc, rows, kc.extent(1), lists, spec, p.scratch, stage);
+  const detail::contiguous_rows<KV> rows{kc, vc, p.kv_lens.has_value() ? p.kv_lens.data() : nullptr};
+  detail::topk_attention_scored<xsimd::default_arch, KV>(qc, rows, kc.extent(1), vc.extent(3), o,
+                                                         lists, p, lse, gather_scratch);
+}
+
+/// topk_attention over a paged cache (its lengths are used; p.kv_lens must be empty).
+template <class TQ, class KV>
+void topk_attention(const tensor_view<TQ, 4>& q, const paged_kv<KV>& cache,
+                    const tensor_view<float, 4>& o, token_list_buffer& lists,
+                    const topk_params& p = {}, const view3<float>& lse = {},
+                    workspace* gather_scratch = nullptr) {
+  if (p.query_block != 1 || detail::spec_of(p, q.extent(3)).scale == 0.0f) {
+    topk_select(q, cache, lists, p);
+    gather_attention(q, cache, o, lists.view(), p.gather(lse, gather_scratch));
+    return;
+  }
+  static_assert(std::is_same_v<std::remove_const_t<TQ>, float>, "q must be float");
+  static_assert(is_storage_type_v<KV>, "k and v must be float, bf16 or fp16");
+  constexpr const char* op = "attend::sparse::topk_attention";
+  const view4<const float> qc = q;
+  detail::check_tensor(op, "q", qc);
+  detail::validate_topk_params(op, p);
+  detail::validate_paged_inputs(op, qc, cache, o, p.gather(lse));
+  const detail::paged_rows<KV> rows{cache.k_pages, cache.v_pages, cache.page_table,
+                                    cache.lengths.data()};
+  detail::topk_attention_scored<xsimd::default_arch, KV>(qc, rows, detail::longest_sequence(cache),
+                                                         cache.v_pages.extent(3), o, lists, p, lse,
+                                                         gather_scratch);
 }
 
 }  // namespace attend::sparse
