@@ -150,9 +150,10 @@ void hip_pack_queries(const hip_rows& hr, index_t b, const hip_scratch<KV>& ws) 
     for (index_t r = 0; r < (hr.dot ? rows : hr.ld); ++r) {
       const index_t rr = std::min(r, rows - 1);
       const float* src = hr.q.data() + hr.q.offset(b, rr % nq, g0 + rr / nq, 0);
-      for (index_t d = 0; d < dk; ++d) {
-        if (hr.dot) qt[r * dk + d] = src[d];
-        else qt[d * hr.ld + r] = src[d];
+      if (hr.dot) {  // row-major for the dot kernel
+        std::copy(src, src + dk, qt + r * dk);
+      } else {  // transposed for the broadcast kernel
+        for (index_t d = 0; d < dk; ++d) qt[d * hr.ld + r] = src[d];
       }
     }
   }
