@@ -155,17 +155,7 @@ void paged_equals_contiguous() {
   std::iota(order.begin(), order.end(), 0);
   std::shuffle(order.begin(), order.end(), rng);
   auto table = tensor<index_t, 2>::make({batch, per_seq});
-  for (index_t b = 0; b < batch; ++b)
-    for (index_t g = 0; g < per_seq; ++g) {
-      const index_t id = order[b * per_seq + g];
-      table.view(b, g) = id;
-      for (index_t s = 0; s < page && g * page + s < seq_k; ++s)
-        for (index_t h = 0; h < hkv; ++h)
-          for (index_t c = 0; c < d; ++c) {
-            kp.view(id, s, h, c) = k.view(b, g * page + s, h, c);
-            vp.view(id, s, h, c) = v.view(b, g * page + s, h, c);
-          }
-    }
+  copy_into_pages(k.view, v.view, order, kp.view, vp.view, table.view);
   sparse::token_list_buffer lists(list_owner::q_head, 2, batch, hq, hkv, sq, 200);
   std::vector<index_t> lv(lens, lens + batch);
   fill_random_lists(lists, rng, lv, seq_k, 0.3);

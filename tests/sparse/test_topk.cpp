@@ -231,17 +231,9 @@ void paged_reused_scores_equal_gather(list_owner owner, index_t kk, index_t sink
   fill_uniform(v.view, rng);
   auto kp = tensor<KV, 4>::make({pages, page, hkv, d}), vp = tensor<KV, 4>::make({pages, page, hkv, d});
   auto table = tensor<index_t, 2>::make({batch, per_seq});
-  for (index_t b = 0; b < batch; ++b)
-    for (index_t g = 0; g < per_seq; ++g) {
-      const index_t id = pages - 1 - (b * per_seq + g);
-      table.view(b, g) = id;
-      for (index_t t = 0; t < page && g * page + t < sk; ++t)
-        for (index_t h = 0; h < hkv; ++h)
-          for (index_t c = 0; c < d; ++c) {
-            kp.view(id, t, h, c) = k.view(b, g * page + t, h, c);
-            vp.view(id, t, h, c) = v.view(b, g * page + t, h, c);
-          }
-    }
+  std::vector<index_t> reversed(static_cast<std::size_t>(pages));
+  std::iota(reversed.rbegin(), reversed.rend(), 0);
+  copy_into_pages(k.view, v.view, reversed, kp.view, vp.view, table.view);
   const sparse::paged_kv<KV> cache{kp.cview(), vp.cview(), table.cview(),
                                    make_view<const index_t>(lens.data(), batch)};
   sparse::topk_params p;
@@ -346,13 +338,9 @@ TEST(TopkSelect, PagedEqualsContiguous) {
   fill_uniform(k.view, rng);
   auto kp = tensor<float, 4>::make({pages, page, hkv, d});
   auto table = tensor<index_t, 2>::make({1, pages});
-  for (index_t g = 0; g < pages; ++g) {
-    const index_t id = pages - 1 - g;  // reversed page order
-    table.view(0, g) = id;
-    for (index_t s = 0; s < page && g * page + s < sk; ++s)
-      for (index_t h = 0; h < hkv; ++h)
-        for (index_t c = 0; c < d; ++c) kp.view(id, s, h, c) = k.view(0, g * page + s, h, c);
-  }
+  std::vector<index_t> reversed(static_cast<std::size_t>(pages));  // reversed page order
+  std::iota(reversed.rbegin(), reversed.rend(), 0);
+  copy_into_pages(k.view, k.view, reversed, kp.view, kp.view, table.view);  // keys only
   const index_t len = sk;
   sparse::paged_kv<float> cache{kp.cview(), kp.cview(), table.cview(), make_view(&len, 1)};
   sparse::topk_params p;

@@ -15,6 +15,25 @@
 
 namespace attend::testing {
 
+/// Copies the contiguous caches k, v [batch, seq_k, heads, dim] into pages kp, vp [pages, page,
+/// heads, dim]: page g of sequence b is pages[b * per_seq + g], recorded in table(b, g).
+template <class KV>
+void copy_into_pages(const view4<KV>& k, const view4<KV>& v, const std::vector<index_t>& pages,
+                     const view4<KV>& kp, const view4<KV>& vp, const view2<index_t>& table) {
+  const index_t page = kp.extent(1), seq_k = k.extent(1), per_seq = table.extent(1);
+  for (index_t b = 0; b < k.extent(0); ++b)
+    for (index_t g = 0; g < per_seq; ++g) {
+      const index_t id = pages[static_cast<std::size_t>(b * per_seq + g)];
+      table(b, g) = id;
+      for (index_t t = 0; t < page && g * page + t < seq_k; ++t)
+        for (index_t h = 0; h < k.extent(2); ++h)
+          for (index_t c = 0; c < k.extent(3); ++c) {
+            kp(id, t, h, c) = k(b, g * page + t, h, c);
+            vp(id, t, h, c) = v(b, g * page + t, h, c);
+          }
+    }
+}
+
 /// A [batch, heads, seq_q, seq_k] boolean mask (std::vector<bool> has no data()).
 struct bool_mask {
   std::unique_ptr<bool[]> data;
