@@ -649,27 +649,16 @@ void validate_gather(const char* op, const view4<const float>& q, const view4<co
                  [&](index_t b) { return p.kv_lens.has_value() ? p.kv_lens(b) : seq_k; });
 }
 
-/// Checks everything of a paged-cache gather except the lists.
+/// Checks a paged cache's key pages, page table and lengths for `batch` sequences: every
+/// length within the table, every page a sequence uses inside [0, pages).
 template <class KV>
-void validate_paged_inputs(const char* op, const view4<const float>& q, const paged_kv<KV>& c,
-                           const view4<float>& o, const gather_params& p) {
+void validate_page_table(const char* op, index_t batch, const paged_kv<KV>& c) {
   check_tensor(op, "k_pages", c.k_pages);
-  check_tensor(op, "v_pages", c.v_pages);
   check_tensor(op, "page_table", c.page_table);
   check_tensor(op, "lengths", c.lengths);
-  const index_t batch = q.extent(0), pages = c.k_pages.extent(0), page = c.k_pages.extent(1);
-  ATTEND_CHECK(c.v_pages.extent(0) == pages && c.v_pages.extent(1) == page &&
-                   c.v_pages.extent(2) == c.k_pages.extent(2),
-               op, ": v_pages ", shape_string(c.v_pages), " must match k_pages ",
-               shape_string(c.k_pages), " in pages, page size and heads");
   check_extents(op, "page_table", c.page_table, {batch, c.page_table.extent(1)});
   check_extents(op, "lengths", c.lengths, {batch});
-  ATTEND_CHECK(!p.kv_lens.has_value(), op,
-               ": kv_lens must be empty for a paged cache (its lengths are used)");
-  validate_gather_common(op, q, o, c.k_pages.extent(2), c.k_pages.extent(3),
-                         c.v_pages.extent(3), p);
-  check_disjoint(op, "o", o, "k_pages", c.k_pages);
-  check_disjoint(op, "o", o, "v_pages", c.v_pages);
+  const index_t pages = c.k_pages.extent(0), page = c.k_pages.extent(1);
   for (index_t b = 0; b < batch; ++b) {
     const index_t len = c.lengths(b);
     ATTEND_CHECK(len >= 0 && len <= c.page_table.extent(1) * page, op, ": lengths[", b, "] = ",
@@ -680,6 +669,25 @@ void validate_paged_inputs(const char* op, const view4<const float>& q, const pa
                    b, ", ", g, ") = ", c.page_table(b, g), " is outside [0, pages = ", pages,
                    ")");
   }
+}
+
+/// Checks everything of a paged-cache gather except the lists.
+template <class KV>
+void validate_paged_inputs(const char* op, const view4<const float>& q, const paged_kv<KV>& c,
+                           const view4<float>& o, const gather_params& p) {
+  validate_page_table(op, q.extent(0), c);
+  check_tensor(op, "v_pages", c.v_pages);
+  ATTEND_CHECK(c.v_pages.extent(0) == c.k_pages.extent(0) &&
+                   c.v_pages.extent(1) == c.k_pages.extent(1) &&
+                   c.v_pages.extent(2) == c.k_pages.extent(2),
+               op, ": v_pages ", shape_string(c.v_pages), " must match k_pages ",
+               shape_string(c.k_pages), " in pages, page size and heads");
+  ATTEND_CHECK(!p.kv_lens.has_value(), op,
+               ": kv_lens must be empty for a paged cache (its lengths are used)");
+  validate_gather_common(op, q, o, c.k_pages.extent(2), c.k_pages.extent(3),
+                         c.v_pages.extent(3), p);
+  check_disjoint(op, "o", o, "k_pages", c.k_pages);
+  check_disjoint(op, "o", o, "v_pages", c.v_pages);
 }
 
 template <class KV>

@@ -181,25 +181,11 @@ void topk_select(const tensor_view<TQ, 4>& q, const paged_kv<KV>& cache, token_l
   detail::check_tensor(op, "q", qc);
   detail::validate_topk_params(op, p);
   ATTEND_CHECK(!p.kv_lens.has_value(), op, ": kv_lens must be empty for a paged cache");
-  detail::check_tensor(op, "k_pages", cache.k_pages);
-  detail::check_tensor(op, "page_table", cache.page_table);
-  detail::check_tensor(op, "lengths", cache.lengths);
+  detail::validate_page_table(op, qc.extent(0), cache);
   ATTEND_CHECK(qc.extent(2) % cache.k_pages.extent(2) == 0 &&
-                   cache.k_pages.extent(3) == qc.extent(3) &&
-                   cache.page_table.extent(0) == qc.extent(0) &&
-                   cache.lengths.extent(0) == qc.extent(0),
-               op, ": paged cache ", detail::shape_string(cache.k_pages), " / page table ",
-               detail::shape_string(cache.page_table), " do not fit q ", detail::shape_string(qc));
-  const index_t page = cache.k_pages.extent(1);
-  for (index_t b = 0; b < qc.extent(0); ++b) {
-    const index_t len = cache.lengths(b);
-    ATTEND_CHECK(len >= 0 && len <= cache.page_table.extent(1) * page, op, ": lengths[", b,
-                 "] = ", len, " exceeds the page table");
-    for (index_t g = 0; g < (len + page - 1) / page; ++g)
-      ATTEND_CHECK(cache.page_table(b, g) >= 0 && cache.page_table(b, g) < cache.k_pages.extent(0),
-                   op, ": page_table(", b, ", ", g, ") = ", cache.page_table(b, g),
-                   " is outside [0, pages)");
-  }
+                   cache.k_pages.extent(3) == qc.extent(3),
+               op, ": paged cache ", detail::shape_string(cache.k_pages),
+               " does not fit q ", detail::shape_string(qc));
   const detail::paged_rows<KV> rows{cache.k_pages, cache.k_pages, cache.page_table,
                                     cache.lengths.data()};
   detail::select_exact<xsimd::default_arch, KV>(qc, rows, detail::longest_sequence(cache), out,
