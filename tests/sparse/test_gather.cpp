@@ -249,19 +249,14 @@ TEST(Gather, MalformedListsAreRejected) {
 }
 
 TEST(Gather, MalformedPageTablesAreRejected) {
-  auto q = tensor<float, 4>::make({1, 1, 2, 32});
-  auto o = tensor<float, 4>::make({1, 1, 2, 32});
-  auto kp = tensor<float, 4>::make({3, 8, 1, 32}), vp = tensor<float, 4>::make({3, 8, 1, 32});
-  auto table = tensor<index_t, 2>::make({1, 3});
-  table.storage = {2, 0, 5};  // page 5 does not exist
-  index_t len = 20;
-  sparse::paged_kv<float> cache{kp.cview(), vp.cview(), table.cview(), make_view<const index_t>(&len, 1)};
+  page_table_case c;
+  const auto cache = c.cache();
   sparse::token_list_buffer lists(list_owner::layer, 1, 1, 2, 1, 1, 4);
-  EXPECT_THROW(sparse::gather_attention(q.view, cache, o.view, lists.view()), invalid_argument);
-  len = 16;  // only pages 0 and 1 are used
-  EXPECT_NO_THROW(sparse::gather_attention(q.view, cache, o.view, lists.view()));
-  len = 25;  // longer than the table covers
-  EXPECT_THROW(sparse::gather_attention(q.view, cache, o.view, lists.view()), invalid_argument);
+  EXPECT_THROW(sparse::gather_attention(c.q.view, cache, c.o.view, lists.view()), invalid_argument);
+  c.len = 16;  // only pages 0 and 1 are used
+  EXPECT_NO_THROW(sparse::gather_attention(c.q.view, cache, c.o.view, lists.view()));
+  c.len = 25;  // longer than the table covers
+  EXPECT_THROW(sparse::gather_attention(c.q.view, cache, c.o.view, lists.view()), invalid_argument);
 }
 
 }  // namespace

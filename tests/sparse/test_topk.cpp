@@ -269,33 +269,27 @@ TEST(TopkAttention, PagedEqualsSelectThenGather) {
 }
 
 TEST(TopkAttention, PagedRejectsMalformedCaches) {
-  auto q = tensor<float, 4>::make({1, 1, 2, 32});
-  auto o = tensor<float, 4>::make({1, 1, 2, 32});
-  auto kp = tensor<float, 4>::make({3, 8, 1, 32}), vp = tensor<float, 4>::make({3, 8, 1, 32});
-  auto table = tensor<index_t, 2>::make({1, 3});
-  table.storage = {2, 0, 5};  // page 5 does not exist
-  index_t len = 20;
-  const sparse::paged_kv<float> cache{kp.cview(), vp.cview(), table.cview(),
-                                      make_view<const index_t>(&len, 1)};
+  page_table_case c;
+  const auto cache = c.cache();
   sparse::topk_params p;
   p.k = 4;
   sparse::token_list_buffer lists;
-  EXPECT_THROW(sparse::topk_select(q.view, cache, lists, p), invalid_argument);
-  EXPECT_THROW(sparse::topk_attention(q.view, cache, o.view, lists, p), invalid_argument);
-  len = 16;  // only pages 0 and 1 are used
-  EXPECT_NO_THROW(sparse::topk_select(q.view, cache, lists, p));
-  EXPECT_NO_THROW(sparse::topk_attention(q.view, cache, o.view, lists, p));
-  len = 25;  // longer than the table covers
-  EXPECT_THROW(sparse::topk_select(q.view, cache, lists, p), invalid_argument);
-  EXPECT_THROW(sparse::topk_attention(q.view, cache, o.view, lists, p), invalid_argument);
-  len = 16;
+  EXPECT_THROW(sparse::topk_select(c.q.view, cache, lists, p), invalid_argument);
+  EXPECT_THROW(sparse::topk_attention(c.q.view, cache, c.o.view, lists, p), invalid_argument);
+  c.len = 16;  // only pages 0 and 1 are used
+  EXPECT_NO_THROW(sparse::topk_select(c.q.view, cache, lists, p));
+  EXPECT_NO_THROW(sparse::topk_attention(c.q.view, cache, c.o.view, lists, p));
+  c.len = 25;  // longer than the table covers
+  EXPECT_THROW(sparse::topk_select(c.q.view, cache, lists, p), invalid_argument);
+  EXPECT_THROW(sparse::topk_attention(c.q.view, cache, c.o.view, lists, p), invalid_argument);
+  c.len = 16;
   const index_t lens = 16;
   p.kv_lens = make_view(&lens, 1);  // a paged cache brings its own lengths
-  EXPECT_THROW(sparse::topk_select(q.view, cache, lists, p), invalid_argument);
-  EXPECT_THROW(sparse::topk_attention(q.view, cache, o.view, lists, p), invalid_argument);
+  EXPECT_THROW(sparse::topk_select(c.q.view, cache, lists, p), invalid_argument);
+  EXPECT_THROW(sparse::topk_attention(c.q.view, cache, c.o.view, lists, p), invalid_argument);
   p.kv_lens = {};
   auto o_bad = tensor<float, 4>::make({1, 1, 2, 16});  // wrong head dim of o
-  EXPECT_THROW(sparse::topk_attention(q.view, cache, o_bad.view, lists, p), invalid_argument);
+  EXPECT_THROW(sparse::topk_attention(c.q.view, cache, o_bad.view, lists, p), invalid_argument);
 }
 
 TEST(TopkLong, EqualsTopK) {

@@ -34,6 +34,19 @@ void copy_into_pages(const view4<KV>& k, const view4<KV>& v, const std::vector<i
     }
 }
 
+/// A one-sequence paged cache (3 pages of 8 keys, 1 KV head, dim 32) whose page table names
+/// a page that does not exist in its last column: valid for len <= 16 only, and q/o for 2 heads.
+struct page_table_case {
+  tensor<float, 4> q = tensor<float, 4>::make({1, 1, 2, 32}), o = tensor<float, 4>::make({1, 1, 2, 32});
+  tensor<float, 4> kp = tensor<float, 4>::make({3, 8, 1, 32}), vp = tensor<float, 4>::make({3, 8, 1, 32});
+  tensor<index_t, 2> table = tensor<index_t, 2>::make({1, 3});
+  index_t len = 20;
+  page_table_case() { table.storage = {2, 0, 5}; }  // page 5 does not exist
+  sparse::paged_kv<float> cache() const {
+    return {kp.cview(), vp.cview(), table.cview(), make_view<const index_t>(&len, 1)};
+  }
+};
+
 /// A [batch, heads, seq_q, seq_k] boolean mask (std::vector<bool> has no data()).
 struct bool_mask {
   std::unique_ptr<bool[]> data;
