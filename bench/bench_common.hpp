@@ -10,11 +10,13 @@
 #include <cmath>
 #include <functional>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "attend/core/dtype.hpp"
+#include "attend/core/memory.hpp"
 #include "attend/core/tensor_view.hpp"
 
 namespace attend::bench {
@@ -69,9 +71,10 @@ inline double kv_bytes(index_t batch_tokens, index_t heads_kv, index_t dim, std:
 }
 
 /// Owning random buffer of T.
-template <class T>
-std::vector<T> random_buffer(std::size_t n, unsigned seed, float lo = -1.0f, float hi = 1.0f) {
-  std::vector<T> v(n);
+template <class T, class Alloc = std::allocator<T>>
+std::vector<T, Alloc> random_buffer(std::size_t n, unsigned seed, float lo = -1.0f,
+                                    float hi = 1.0f) {
+  std::vector<T, Alloc> v(n);
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> d(lo, hi);
   for (auto& x : v) x = from_float<T>(d(rng));

@@ -14,15 +14,15 @@ template <class KV>
 struct dense_problem {
   shape s;
   std::vector<float> qbuf, obuf;
-  std::vector<KV> kbuf, vbuf;
+  cache_vector<KV> kbuf, vbuf;  // huge-page backed, as an engine allocates its cache
   std::vector<index_t> lens;  // DB only: ragged KV lengths
   view4<float> q, o;
   view4<KV> k, v;
 
   explicit dense_problem(const shape& sh, unsigned seed = 1) : s(sh) {
     qbuf = random_buffer<float>(std::size_t(s.batch * s.seq_q * s.heads_q * s.dim), seed);
-    kbuf = random_buffer<KV>(std::size_t(s.batch * s.seq_k * s.heads_kv * s.dim), seed + 1);
-    vbuf = random_buffer<KV>(std::size_t(s.batch * s.seq_k * s.heads_kv * s.dim), seed + 2);
+    kbuf = random_buffer<KV, huge_page_allocator<KV>>(std::size_t(s.batch * s.seq_k * s.heads_kv * s.dim), seed + 1);
+    vbuf = random_buffer<KV, huge_page_allocator<KV>>(std::size_t(s.batch * s.seq_k * s.heads_kv * s.dim), seed + 2);
     obuf.assign(qbuf.size(), 0.0f);
     q = bshd(qbuf.data(), s.batch, s.seq_q, s.heads_q, s.dim);
     o = bshd(obuf.data(), s.batch, s.seq_q, s.heads_q, s.dim);

@@ -24,7 +24,7 @@ template <class KV>
 struct sparse_problem {
   shape s;
   std::vector<float> qbuf, obuf;
-  std::vector<KV> kbuf, vbuf;
+  cache_vector<KV> kbuf, vbuf;  // huge-page backed, as an engine allocates its cache
   std::vector<char> heavy;  // [seq_k]: 1 where a key carries the heavy direction
   view4<float> q, o;
   view4<KV> k, v;

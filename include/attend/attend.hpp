@@ -5,6 +5,7 @@
 #include "core/config.hpp"
 #include "core/dtype.hpp"
 #include "core/error.hpp"
+#include "core/memory.hpp"
 #include "core/params.hpp"
 #include "core/tensor_view.hpp"
 #include "core/workspace.hpp"

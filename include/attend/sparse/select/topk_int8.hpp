@@ -15,10 +15,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <memory>
 #include <vector>
 
+#include "../../core/memory.hpp"
 #include "../../core/parallel.hpp"
 #include "../../core/validate.hpp"
 #include "topk.hpp"
@@ -47,9 +46,7 @@ class int8_keys {
     blocks_ = (capacity + block - 1) / block;
     capacity_ = blocks_ * block;
     const std::size_t bytes = static_cast<std::size_t>(batch * heads_kv * blocks_ * block * dim);
-    data_.reset(static_cast<std::int8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)));
-    if (!data_) throw std::bad_alloc();
-    std::fill(data_.get(), data_.get() + bytes, std::int8_t{0});
+    data_.assign(bytes, std::int8_t{0});
     scales_.assign(static_cast<std::size_t>(batch * heads_kv * capacity_), 0.0f);
     lengths_.assign(static_cast<std::size_t>(batch), 0);
   }
@@ -100,7 +97,7 @@ class int8_keys {
 
   /// Block blk of (b, h): [dim / 2][16 tokens][2] int8.
   const std::int8_t* block_data(index_t b, index_t h, index_t blk) const noexcept {
-    return data_.get() + ((b * heads_ + h) * blocks_ + blk) * block * dim_;
+    return data_.data() + ((b * heads_ + h) * blocks_ + blk) * block * dim_;
   }
   /// Scales of (b, h): [capacity].
   const float* scales(index_t b, index_t h) const noexcept {
@@ -118,12 +115,9 @@ class int8_keys {
 
  private:
   std::int8_t* block_data(index_t b, index_t h, index_t blk) noexcept {
-    return data_.get() + ((b * heads_ + h) * blocks_ + blk) * block * dim_;
+    return data_.data() + ((b * heads_ + h) * blocks_ + blk) * block * dim_;
   }
-  struct free_deleter {
-    void operator()(std::int8_t* p) const noexcept { std::free(p); }
-  };
-  std::unique_ptr<std::int8_t, free_deleter> data_;
+  cache_vector<std::int8_t> data_;  // 64-byte aligned (blocks are loaded aligned)
   std::vector<float> scales_;
   std::vector<index_t> lengths_;
   index_t batch_ = 0, heads_ = 0, dim_ = 0, blocks_ = 0, capacity_ = 0;
