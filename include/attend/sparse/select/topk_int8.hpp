@@ -133,8 +133,13 @@ struct int8_rows {
   index_t length(index_t b) const noexcept { return lens ? lens[b] : keys->length(b); }
 };
 
+/// Each quantised query pair is stored this many times over, so the AVX2 multiply-add takes it
+/// as a memory operand instead of a separate broadcast (the scan is bound by issued uops).
+inline constexpr index_t int8_query_lanes = 8;
+
 /// Scores of one 16-token block for GN heads: out[g][t] = scale_g * scale_k[t] * qi_g . k_t,
-/// where qp[g][p] packs query pair (2p, 2p + 1) of head g as two int16 in an int32.
+/// where qp[g][p * int8_query_lanes] packs query pair (2p, 2p + 1) of head g as two int16 in
+/// an int32, repeated int8_query_lanes times.
 template <class Arch, int GN>
 ATTEND_INLINE void int8_block_scores(const std::int8_t* blk, const std::int32_t* const* qp,
                                      const float* qscale, const float* kscale, index_t pairs,
@@ -147,7 +152,7 @@ ATTEND_INLINE void int8_block_scores(const std::int8_t* blk, const std::int32_t*
       const __m512i k =
           _mm512_cvtepi8_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + p * 32)));
       for (int g = 0; g < GN; ++g) {
-        const __m512i q = _mm512_set1_epi32(qp[g][p]);
+        const __m512i q = _mm512_set1_epi32(qp[g][p * int8_query_lanes]);
 #if defined(__AVX512VNNI__)
         acc[g] = _mm512_dpwssd_epi32(acc[g], k, q);
 #else
@@ -164,25 +169,25 @@ ATTEND_INLINE void int8_block_scores(const std::int8_t* blk, const std::int32_t*
 #endif
 #if defined(__AVX2__)
   if constexpr (simd::is_avx2<Arch>) {
-    __m256i lo[GN], hi[GN];
-    for (int g = 0; g < GN; ++g) lo[g] = hi[g] = _mm256_setzero_si256();
-    for (index_t p = 0; p < pairs; ++p) {
-      const __m256i k0 =
-          _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + p * 32)));
-      const __m256i k1 = _mm256_cvtepi8_epi16(
-          _mm_load_si128(reinterpret_cast<const __m128i*>(blk + p * 32 + 16)));
-      for (int g = 0; g < GN; ++g) {
-        const __m256i q = _mm256_set1_epi32(qp[g][p]);
-        lo[g] = _mm256_add_epi32(lo[g], _mm256_madd_epi16(k0, q));
-        hi[g] = _mm256_add_epi32(hi[g], _mm256_madd_epi16(k1, q));
+    // One half-block (8 tokens) at a time: GN accumulators stay in registers (both halves at
+    // once made GCC spill one to the stack, a store-forwarding chain that tripled the time).
+    for (int half = 0; half < 2; ++half) {
+      const std::int8_t* src = blk + half * 16;
+      __m256i acc[GN];
+      for (int g = 0; g < GN; ++g) acc[g] = _mm256_setzero_si256();
+      for (index_t p = 0; p < pairs; ++p) {
+        const __m256i k =
+            _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(src + p * 32)));
+        for (int g = 0; g < GN; ++g)
+          acc[g] = _mm256_add_epi32(
+              acc[g], _mm256_madd_epi16(k, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                               qp[g] + p * int8_query_lanes))));
       }
-    }
-    const __m256 ks0 = _mm256_loadu_ps(kscale), ks1 = _mm256_loadu_ps(kscale + 8);
-    for (int g = 0; g < GN; ++g) {
-      const __m256 qs = _mm256_set1_ps(qscale[g]);
-      _mm256_storeu_ps(out[g], _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(lo[g]), ks0), qs));
-      _mm256_storeu_ps(out[g] + 8,
-                       _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(hi[g]), ks1), qs));
+      const __m256 ks = _mm256_loadu_ps(kscale + half * 8);
+      for (int g = 0; g < GN; ++g)
+        _mm256_storeu_ps(out[g] + half * 8,
+                         _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[g]), ks),
+                                       _mm256_set1_ps(qscale[g])));
     }
     return;
   }
@@ -190,7 +195,7 @@ ATTEND_INLINE void int8_block_scores(const std::int8_t* blk, const std::int32_t*
   for (int g = 0; g < GN; ++g) {
     std::int32_t acc[16] = {};
     for (index_t p = 0; p < pairs; ++p) {
-      const std::int32_t w = qp[g][p];
+      const std::int32_t w = qp[g][p * int8_query_lanes];
       const std::int32_t q0 = static_cast<std::int16_t>(w & 0xFFFF);
       const std::int32_t q1 = static_cast<std::int16_t>((w >> 16) & 0xFFFF);
       for (int t = 0; t < 16; ++t) acc[t] += q0 * blk[p * 32 + 2 * t] + q1 * blk[p * 32 + 2 * t + 1];
@@ -199,8 +204,8 @@ ATTEND_INLINE void int8_block_scores(const std::int8_t* blk, const std::int32_t*
   }
 }
 
-/// Quantised fingerprints: qp [batch][heads_q][dim / 2] int32 pairs of int16, qscale
-/// [batch][heads_q] (times the attention scale).
+/// Quantised fingerprints: pairs [batch][heads_q][dim / 2][int8_query_lanes] int32 pairs of
+/// int16, scale [batch][heads_q] (times the attention scale).
 struct int8_queries {
   std::vector<std::int32_t> pairs;
   std::vector<float> scale;
@@ -208,7 +213,7 @@ struct int8_queries {
 
 inline void quantise_queries(const score_buffers& s, int8_queries& out) {
   const index_t pairs = s.dk / 2;
-  out.pairs.resize(static_cast<std::size_t>(s.batch * s.heads_q * pairs));
+  out.pairs.resize(static_cast<std::size_t>(s.batch * s.heads_q * pairs * int8_query_lanes));
   out.scale.resize(static_cast<std::size_t>(s.batch * s.heads_q));
   for (index_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
     const float* q = s.qf + bh * s.dk;
@@ -219,9 +224,11 @@ inline void quantise_queries(const score_buffers& s, int8_queries& out) {
     for (index_t p = 0; p < pairs; ++p) {
       const auto q0 = static_cast<std::int16_t>(std::nearbyint(q[2 * p] * inv));
       const auto q1 = static_cast<std::int16_t>(std::nearbyint(q[2 * p + 1] * inv));
-      out.pairs[static_cast<std::size_t>(bh * pairs + p)] = static_cast<std::int32_t>(
+      const auto packed = static_cast<std::int32_t>(
           static_cast<std::uint32_t>(static_cast<std::uint16_t>(q0)) |
           (static_cast<std::uint32_t>(static_cast<std::uint16_t>(q1)) << 16));
+      std::int32_t* lanes = out.pairs.data() + (bh * pairs + p) * int8_query_lanes;
+      std::fill(lanes, lanes + int8_query_lanes, packed);
     }
   }
 }
@@ -247,7 +254,7 @@ void score_with_int8(const int8_keys& keys, const score_buffers& s, bool need_pa
         float* rows[4];
         for (int g = 0; g < gn; ++g) {
           const index_t h = hk * s.group + g0 + g;
-          qp[g] = qq.pairs.data() + (b * s.heads_q + h) * pairs;
+          qp[g] = qq.pairs.data() + (b * s.heads_q + h) * pairs * int8_query_lanes;
           qs[g] = qq.scale[static_cast<std::size_t>(b * s.heads_q + h)];
           rows[g] = s.row(b, h);
         }
