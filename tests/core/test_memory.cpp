@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "attend/core/memory.hpp"
 
@@ -29,6 +31,24 @@ TEST(Memory, AlignsLargeBuffersToHugePagesAndSmallOnesToCacheLines) {
   void* empty = allocate_cache_memory(0);
   EXPECT_NE(empty, nullptr);
   std::free(empty);
+}
+
+TEST(Memory, CacheVectorStaysAlignedThroughGrowthAndCopies) {
+  cache_vector<std::int8_t> v(1, 7);
+  EXPECT_TRUE(aligned_to(v.data(), 64));
+  for (int i = 0; i < 5000; ++i) {
+    v.push_back(static_cast<std::int8_t>(i));
+    ASSERT_TRUE(aligned_to(v.data(), 64)) << "after " << i + 1 << " appends";
+  }
+  const cache_vector<std::int8_t> w = v;
+  EXPECT_TRUE(aligned_to(w.data(), 64));
+  EXPECT_EQ(w[0], 7);
+  EXPECT_EQ(w.back(), static_cast<std::int8_t>(4999));
+}
+
+TEST(Memory, RejectsSizesPastTheAddressSpace) {
+  EXPECT_THROW(allocate_cache_memory(std::numeric_limits<std::size_t>::max() - 8),
+               std::bad_alloc);
 }
 
 TEST(Memory, CacheVectorHoldsAndCopiesItsContents) {
@@ -71,6 +91,14 @@ TEST(Memory, LargeAllocationsAreAdvisedHugePages) {
   const std::string flags = vm_flags_of(v.data());
   ASSERT_FALSE(flags.empty()) << "no mapping in /proc/self/smaps holds the buffer";
   EXPECT_NE((flags + " ").find(" hg "), std::string::npos) << flags;
+  // Memory allocated elsewhere, from an unaligned start: the whole huge pages inside are advised.
+  std::vector<char> own(5 * huge_page_bytes);
+  char* const start = own.data() + 1;
+  advise_huge_pages(start, own.size() - 1);
+  const auto inner = (reinterpret_cast<std::uintptr_t>(start) + huge_page_bytes - 1) /
+                     huge_page_bytes * huge_page_bytes;
+  const std::string own_flags = vm_flags_of(reinterpret_cast<const void*>(inner));
+  EXPECT_NE((own_flags + " ").find(" hg "), std::string::npos) << own_flags;
 #else
   GTEST_SKIP() << "huge-page advice is Linux-only";
 #endif

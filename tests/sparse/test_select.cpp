@@ -3,6 +3,8 @@
 // they change, full / recycled steps equal their oracles.
 #include <gtest/gtest.h>
 
+#include <type_traits>
+
 #include "attend/sparse/select/recycled.hpp"
 #include "attend/sparse/select/tokenselect.hpp"
 #include "attend/sparse/select/topk_int8.hpp"
@@ -62,6 +64,16 @@ TEST(Int8Keys, QuantisationErrorIsHalfAStep) {
   }
 }
 
+static_assert(!std::is_copy_constructible_v<sparse::int8_keys> &&
+              std::is_nothrow_move_constructible_v<sparse::int8_keys>);
+
+TEST(Int8Keys, RejectsDimensionsItCannotScore) {
+  EXPECT_THROW(sparse::int8_keys(1, 16, 1, 3), attend::invalid_argument);  // odd
+  EXPECT_THROW(sparse::int8_keys(1, 16, 1, sparse::int8_keys::max_dim + 2),
+               attend::invalid_argument);  // int32 sums could overflow
+  EXPECT_NO_THROW(sparse::int8_keys(1, 16, 1, sparse::int8_keys::max_dim));
+}
+
 /// The int8 selection is the top-k of q . dequantised(k) (up to the int16 query rounding).
 void int8_case(index_t sq, index_t sk, index_t hq, index_t hkv, list_owner owner, index_t kk,
                index_t qb, index_t sinks, index_t window, unsigned seed) {
@@ -111,6 +123,7 @@ TEST(Int8Topk, EqualsBruteForceOnDequantisedKeys) {
   int8_case(1, 777, 8, 2, list_owner::kv_head, 50, 1, 4, 32, 21);
   int8_case(6, 500, 6, 1, list_owner::layer, 40, 3, 2, 0, 22);
   int8_case(1, 300, 12, 4, list_owner::q_head, 30, 1, 0, 8, 23);  // groups of 3 heads
+  int8_case(1, 400, 3, 3, list_owner::q_head, 30, 1, 0, 0, 24);   // one head per KV head
 }
 
 /// On keys with a planted set of relevant tokens, int8 selection keeps >= 95% of the attention

@@ -3,12 +3,13 @@
 // the suite's machine caps random 512-byte row reads at ~13 GB/s; on transparent huge pages the
 // same reads reach ~17 GB/s. `huge_page_allocator` asks Linux to back large allocations with
 // 2 MiB pages (madvise, honoured when transparent huge pages are set to "madvise" or "always");
-// elsewhere it is a plain aligned allocator. The pages are advised before they are first
-// touched, so the kernel can fault them in whole.
+// elsewhere it is a plain aligned allocator. The advice is given at allocation, so memory the
+// allocator maps fresh is faulted in as whole huge pages.
 #ifndef ATTEND_CORE_MEMORY_HPP_
 #define ATTEND_CORE_MEMORY_HPP_
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <new>
@@ -23,11 +24,16 @@ namespace attend {
 /// Size of a transparent huge page on x86-64 Linux.
 inline constexpr std::size_t huge_page_bytes = std::size_t{2} << 20;
 
-/// Asks the OS to back [p, p + bytes) with huge pages; a no-op where that is not supported.
-/// Best-effort: a refused hint leaves ordinary pages.
+/// Asks the OS to back the whole huge pages inside [p, p + bytes) with huge pages (madvise needs
+/// an aligned start, and only aligned 2 MiB extents can be huge pages); a no-op where that is
+/// not supported. Best-effort: a refused hint leaves ordinary pages.
 inline void advise_huge_pages(void* p, std::size_t bytes) noexcept {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (p != nullptr && bytes >= huge_page_bytes) (void)madvise(p, bytes, MADV_HUGEPAGE);
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t first = (at + huge_page_bytes - 1) / huge_page_bytes * huge_page_bytes;
+  const std::uintptr_t last = (at + bytes) / huge_page_bytes * huge_page_bytes;
+  if (p != nullptr && bytes <= UINTPTR_MAX - at && last > first)
+    (void)madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 #else
   (void)p;
   (void)bytes;
@@ -38,6 +44,7 @@ inline void advise_huge_pages(void* p, std::size_t bytes) noexcept {
 /// bytes otherwise, and advises huge pages for the large ones. Free with std::free.
 inline void* allocate_cache_memory(std::size_t bytes) {
   const std::size_t align = bytes >= huge_page_bytes ? huge_page_bytes : 64;
+  if (bytes > std::numeric_limits<std::size_t>::max() - align) throw std::bad_alloc();
   const std::size_t rounded = (bytes + align - 1) / align * align;
   void* p = std::aligned_alloc(align, rounded == 0 ? align : rounded);
   if (p == nullptr) throw std::bad_alloc();
@@ -48,6 +55,7 @@ inline void* allocate_cache_memory(std::size_t bytes) {
 /// std::allocator replacement for KV-cache buffers (see allocate_cache_memory).
 template <class T>
 struct huge_page_allocator {
+  static_assert(alignof(T) <= 64, "huge_page_allocator aligns to 64 bytes at least, not more");
   using value_type = T;
   huge_page_allocator() = default;
   template <class U>

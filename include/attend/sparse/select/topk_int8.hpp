@@ -29,17 +29,26 @@ namespace attend::sparse {
 class int8_keys {
  public:
   static constexpr index_t block = 16;  // tokens per block
+  /// Largest head dimension: dot products of int16 queries and int8 keys accumulate in int32
+  /// (dim / 2 pairs of 2 * 32767 * 127 stay below 2^31 up to dim 516).
+  static constexpr index_t max_dim = 512;
 
   int8_keys() = default;
   int8_keys(index_t batch, index_t capacity, index_t heads_kv, index_t dim) {
     reshape(batch, capacity, heads_kv, dim);
   }
+  // Move-only: a copy of a whole cache's keys should not happen by accident.
+  int8_keys(const int8_keys&) = delete;
+  int8_keys& operator=(const int8_keys&) = delete;
+  int8_keys(int8_keys&&) noexcept = default;
+  int8_keys& operator=(int8_keys&&) noexcept = default;
 
   /// Re-shapes (contents are discarded; lengths become 0). dim must be even.
   void reshape(index_t batch, index_t capacity, index_t heads_kv, index_t dim) {
-    ATTEND_CHECK(batch >= 1 && capacity >= 1 && heads_kv >= 1 && dim >= 2 && dim % 2 == 0,
-                 "attend::sparse::int8_keys: need batch, capacity, heads >= 1 and an even dim >= "
-                 "2 (got ", batch, ", ", capacity, ", ", heads_kv, ", ", dim, ")");
+    ATTEND_CHECK(batch >= 1 && capacity >= 1 && heads_kv >= 1 && dim >= 2 && dim % 2 == 0 &&
+                     dim <= max_dim,
+                 "attend::sparse::int8_keys: need batch, capacity, heads >= 1 and an even dim in "
+                 "[2, ", max_dim, "] (got ", batch, ", ", capacity, ", ", heads_kv, ", ", dim, ")");
     batch_ = batch;
     heads_ = heads_kv;
     dim_ = dim;
@@ -118,7 +127,7 @@ class int8_keys {
     return data_.data() + ((b * heads_ + h) * blocks_ + blk) * block * dim_;
   }
   cache_vector<std::int8_t> data_;  // 64-byte aligned (blocks are loaded aligned)
-  std::vector<float> scales_;
+  cache_vector<float> scales_;
   std::vector<index_t> lengths_;
   index_t batch_ = 0, heads_ = 0, dim_ = 0, blocks_ = 0, capacity_ = 0;
 };
@@ -136,6 +145,7 @@ struct int8_rows {
 /// Each quantised query pair is stored this many times over, so the AVX2 multiply-add takes it
 /// as a memory operand instead of a separate broadcast (the scan is bound by issued uops).
 inline constexpr index_t int8_query_lanes = 8;
+static_assert(int8_query_lanes * sizeof(std::int32_t) >= 32, "the AVX2 path loads 32 bytes");
 
 /// Scores of one 16-token block for GN heads: out[g][t] = scale_g * scale_k[t] * qi_g . k_t,
 /// where qp[g][p * int8_query_lanes] packs query pair (2p, 2p + 1) of head g as two int16 in
