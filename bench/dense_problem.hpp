@@ -21,8 +21,9 @@ struct dense_problem {
 
   explicit dense_problem(const shape& sh, unsigned seed = 1) : s(sh) {
     qbuf = random_buffer<float>(std::size_t(s.batch * s.seq_q * s.heads_q * s.dim), seed);
-    kbuf = random_buffer<KV, huge_page_allocator<KV>>(std::size_t(s.batch * s.seq_k * s.heads_kv * s.dim), seed + 1);
-    vbuf = random_buffer<KV, huge_page_allocator<KV>>(std::size_t(s.batch * s.seq_k * s.heads_kv * s.dim), seed + 2);
+    const auto kv_elems = std::size_t(s.batch * s.seq_k * s.heads_kv * s.dim);
+    kbuf = random_buffer<KV, huge_page_allocator<KV>>(kv_elems, seed + 1);
+    vbuf = random_buffer<KV, huge_page_allocator<KV>>(kv_elems, seed + 2);
     obuf.assign(qbuf.size(), 0.0f);
     q = bshd(qbuf.data(), s.batch, s.seq_q, s.heads_q, s.dim);
     o = bshd(obuf.data(), s.batch, s.seq_q, s.heads_q, s.dim);
