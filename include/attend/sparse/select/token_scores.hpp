@@ -80,8 +80,10 @@ struct score_buffers {
   float* qf = nullptr;       // [batch][heads_q][dk] query fingerprints
   float* topk = nullptr;     // [threads][topk_stride]
   float* engine = nullptr;   // [threads][engine_stride]
+  float* scorer = nullptr;   // the scorer's own scratch (carve_scores' scorer_floats)
   index_t topk_stride = 0, engine_stride = 0;
-  std::vector<index_t> lo, hi;  // [batch] candidate range of the current tile
+  index_t* lo = nullptr;  // [batch] candidate range of the current tile
+  index_t* hi = nullptr;
 
   float* row(index_t b, index_t h) const noexcept { return scores + (b * heads_q + h) * ld; }
   float* agg_row(index_t b, index_t o) const noexcept { return agg + (b * owners + o) * ld; }
@@ -93,10 +95,10 @@ struct score_buffers {
   }
 };
 
-/// Lays out the buffers in `ws` (grown as needed).
+/// Lays out the buffers in `ws` (grown as needed), with `scorer_floats` for the scorer.
 template <class Arch, class KV>
 score_buffers carve_scores(workspace& ws, index_t batch, index_t heads_q, index_t heads_kv,
-                           index_t dk, index_t ld, list_owner owner) {
+                           index_t dk, index_t ld, list_owner owner, index_t scorer_floats = 0) {
   score_buffers s;
   s.batch = batch;
   s.heads_q = heads_q;
@@ -118,13 +120,16 @@ score_buffers carve_scores(workspace& ws, index_t batch, index_t heads_q, index_
     s.qf = b.take<float>(batch * heads_q * dk);
     s.topk = b.take<float>(threads * s.topk_stride);
     s.engine = b.take<float>(threads * s.engine_stride);
+    s.scorer = b.take<float>(scorer_floats);
+    s.lo = b.take<index_t>(batch);
+    s.hi = b.take<index_t>(batch);
   };
   attend::detail::bump count(nullptr);
   layout(count);
   attend::detail::bump carve(ws.reserve(count.used()));
   layout(carve);
-  s.lo.assign(static_cast<std::size_t>(batch), 0);
-  s.hi.assign(static_cast<std::size_t>(batch), 0);
+  std::fill(s.lo, s.lo + batch, index_t{0});
+  std::fill(s.hi, s.hi + batch, index_t{0});
   return s;
 }
 
@@ -490,11 +495,13 @@ struct scored_attention {
 /// `rows` (lengths per batch), writing `out` (reshaped to the spec's owner and query block,
 /// capacity k). `score(s, need_partials)` fills s.scores (and the partials when asked) for the
 /// candidates [s.lo[b], s.hi[b]) of the current tile from s.fingerprints(); `attend_stage(s,
-/// out, tile)`, when given, runs after each tile's selection (the attend stage).
+/// out, tile)`, when given, runs after each tile's selection (the attend stage). The scorer gets
+/// `scorer_floats` of its own scratch in s.scorer, from the same workspace.
 template <class Arch, class KV, class Rows, class Scorer, class Attend = std::nullptr_t>
 void select_tokens(const view4<const float>& q, const Rows& rows, index_t seq_k,
                    token_list_buffer& out, const selection_spec& spec, workspace* user_scratch,
-                   Scorer&& score, const Attend& attend_stage = nullptr) {
+                   Scorer&& score, const Attend& attend_stage = nullptr,
+                   index_t scorer_floats = 0) {
   const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
   const index_t dk = q.extent(3), heads_kv = rows.heads();
   ATTEND_CHECK(seq_k <= std::numeric_limits<std::int32_t>::max(), "attend::sparse: ", seq_k,
@@ -503,7 +510,8 @@ void select_tokens(const view4<const float>& q, const Rows& rows, index_t seq_k,
               std::max<index_t>(1, spec.k));
   workspace local;
   workspace& ws = user_scratch ? *user_scratch : local;
-  score_buffers s = carve_scores<Arch, KV>(ws, batch, heads_q, heads_kv, dk, seq_k, spec.owner);
+  score_buffers s =
+      carve_scores<Arch, KV>(ws, batch, heads_q, heads_kv, dk, seq_k, spec.owner, scorer_floats);
   s.scale = spec.scale;
   const bool shared = spec.owner != list_owner::q_head;
   const bool partials = shared && spec.reduce == head_reduce::softmax_sum;

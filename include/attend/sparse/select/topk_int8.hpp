@@ -215,29 +215,37 @@ ATTEND_INLINE void int8_block_scores(const std::int8_t* blk, const std::int32_t*
 }
 
 /// Quantised fingerprints: pairs [batch][heads_q][dim / 2][int8_query_lanes] int32 pairs of
-/// int16, scale [batch][heads_q] (times the attention scale).
+/// int16, scale [batch][heads_q] (times the attention scale). Carved from the selection's
+/// workspace (score_buffers::scorer), so a call allocates nothing once it has grown.
 struct int8_queries {
-  std::vector<std::int32_t> pairs;
-  std::vector<float> scale;
+  std::int32_t* pairs = nullptr;
+  float* scale = nullptr;
+
+  /// Lays the buffers out from base (null: only counts); returns the floats they take.
+  index_t carve(float* base, index_t batch, index_t heads_q, index_t dk) noexcept {
+    attend::detail::bump b(base);
+    pairs = b.take<std::int32_t>(batch * heads_q * (dk / 2) * int8_query_lanes);
+    scale = b.take<float>(batch * heads_q);
+    return b.used();
+  }
 };
 
 inline void quantise_queries(const score_buffers& s, int8_queries& out) {
   const index_t pairs = s.dk / 2;
-  out.pairs.resize(static_cast<std::size_t>(s.batch * s.heads_q * pairs * int8_query_lanes));
-  out.scale.resize(static_cast<std::size_t>(s.batch * s.heads_q));
+  out.carve(s.scorer, s.batch, s.heads_q, s.dk);
   for (index_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
     const float* q = s.qf + bh * s.dk;
     float amax = 0.0f;
     for (index_t d = 0; d < s.dk; ++d) amax = std::max(amax, std::abs(q[d]));
     const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
-    out.scale[static_cast<std::size_t>(bh)] = amax / 32767.0f * s.scale;
+    out.scale[bh] = amax / 32767.0f * s.scale;
     for (index_t p = 0; p < pairs; ++p) {
       const auto q0 = static_cast<std::int16_t>(std::nearbyint(q[2 * p] * inv));
       const auto q1 = static_cast<std::int16_t>(std::nearbyint(q[2 * p + 1] * inv));
       const auto packed = static_cast<std::int32_t>(
           static_cast<std::uint32_t>(static_cast<std::uint16_t>(q0)) |
           (static_cast<std::uint32_t>(static_cast<std::uint16_t>(q1)) << 16));
-      std::int32_t* lanes = out.pairs.data() + (bh * pairs + p) * int8_query_lanes;
+      std::int32_t* lanes = out.pairs + (bh * pairs + p) * int8_query_lanes;
       std::fill(lanes, lanes + int8_query_lanes, packed);
     }
   }
@@ -264,8 +272,8 @@ void score_with_int8(const int8_keys& keys, const score_buffers& s, bool need_pa
         float* rows[4];
         for (int g = 0; g < gn; ++g) {
           const index_t h = hk * s.group + g0 + g;
-          qp[g] = qq.pairs.data() + (b * s.heads_q + h) * pairs * int8_query_lanes;
-          qs[g] = qq.scale[static_cast<std::size_t>(b * s.heads_q + h)];
+          qp[g] = qq.pairs + (b * s.heads_q + h) * pairs * int8_query_lanes;
+          qs[g] = qq.scale[b * s.heads_q + h];
           rows[g] = s.row(b, h);
         }
         alignas(64) float tmp[4][16];
@@ -293,10 +301,11 @@ void select_int8(const view4<const float>& q, const int8_keys& keys, const index
                  token_list_buffer& out, const selection_spec& spec, workspace* scratch) {
   const int8_rows rows{&keys, lens};
   int8_queries qq;
-  select_tokens<Arch, float>(q, rows, keys.capacity(), out, spec, scratch,
-                             [&](const score_buffers& s, bool partials) {
-                               score_with_int8<Arch>(keys, s, partials, qq);
-                             });
+  const index_t query_floats = qq.carve(nullptr, q.extent(0), q.extent(2), q.extent(3));
+  select_tokens<Arch, float>(
+      q, rows, keys.capacity(), out, spec, scratch,
+      [&](const score_buffers& s, bool partials) { score_with_int8<Arch>(keys, s, partials, qq); },
+      nullptr, query_floats);
 }
 
 }  // namespace detail
