@@ -2,6 +2,8 @@
 // direct transposition, over shapes that cover the register blocks and both edges.
 // simd::qk_bcast_max: each gathered key's maximum score over the query rows, against double
 // dot products, for float and bf16 rows and key counts around the register block.
+// simd::reduce_sum_rows (lane i = sum of row i; xsimd 8.1's AVX-512 haddp permutes lanes) and
+// simd::qk_dot (decode scores for every row packing) against double sums.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +18,59 @@
 
 namespace attend {
 namespace {
+
+using arch = xsimd::default_arch;
+
+TEST(ReduceSumRows, LaneIHoldsTheSumOfRowI) {
+  constexpr index_t w = simd::lanes<arch>;
+  alignas(64) float v[w][w];
+  simd::vfloat<arch> rows[w];
+  for (index_t i = 0; i < w; ++i) {
+    for (index_t j = 0; j < w; ++j) v[i][j] = float((i + 1) * 100 + j * j);  // exact in float
+    rows[i] = simd::vfloat<arch>::load_aligned(v[i]);
+  }
+  alignas(64) float out[w];
+  simd::reduce_sum_rows<arch>(rows).store_aligned(out);
+  for (index_t i = 0; i < w; ++i) {
+    float want = 0.0f;
+    for (index_t j = 0; j < w; ++j) want += v[i][j];
+    EXPECT_EQ(out[i], want) << "lane " << i;
+  }
+}
+
+template <int RP>
+void check_qk_dot() {
+  std::mt19937 rng(11 + RP);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (index_t dk : {16, 64, 70, 128})
+    for (index_t count : {1, 5, 16, 37}) {
+      const index_t rows = std::max(1, RP - 1);
+      std::vector<float> q(static_cast<std::size_t>(RP * dk), 0.0f);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t d = 0; d < dk; ++d) q[r * dk + d] = u(rng);
+      std::vector<float> keys(static_cast<std::size_t>(count * dk));
+      for (auto& x : keys) x = u(rng);
+      std::vector<const float*> krows(static_cast<std::size_t>(count));
+      for (index_t j = 0; j < count; ++j) krows[j] = keys.data() + j * dk;
+      const index_t ld = RP;
+      std::vector<float> st(static_cast<std::size_t>(count * ld), 0.0f);
+      simd::qk_dot<arch, RP>(krows.data(), count, q.data(), rows, dk, st.data(), ld);
+      for (index_t j = 0; j < count; ++j)
+        for (index_t r = 0; r < rows; ++r) {
+          double want = 0.0;
+          for (index_t d = 0; d < dk; ++d) want += double(q[r * dk + d]) * keys[j * dk + d];
+          EXPECT_NEAR(st[j * ld + r], want, 1e-4) << "RP " << RP << " dk " << dk << " key " << j;
+        }
+    }
+}
+
+TEST(QkDot, EqualsDoubleDotProductsForEveryRowPacking) {
+  check_qk_dot<1>();
+  check_qk_dot<2>();
+  check_qk_dot<4>();
+  check_qk_dot<8>();
+  check_qk_dot<static_cast<int>(simd::lanes<arch>)>();  // one key per register
+}
 
 TEST(ScoresToRows, EqualsTransposeWithNanAsMinusInfinity) {
   std::mt19937 rng(7);

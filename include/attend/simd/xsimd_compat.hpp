@@ -85,8 +85,30 @@ ATTEND_INLINE float reduce_max(vfloat<Arch> x) noexcept {
 }
 
 /// Sums of `lanes` rows at once: lane i of the result is the sum of rows[i]'s lanes.
+/// xsimd 8.1's AVX-512 haddp returns lanes 2-5 and 10-13 in the wrong order, so AVX-512 folds
+/// here: 512 -> 256 bits pairing rows i and i + 8, 256 -> 128 pairing i and i + 4, then two
+/// in-lane pairwise adds; the 128-bit lanes come out holding rows 0-3, 8-11, 4-7, 12-15.
 template <class Arch>
 ATTEND_INLINE vfloat<Arch> reduce_sum_rows(const vfloat<Arch>* rows) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (is_avx512<Arch>) {
+    __m512 half[8], quarter[4];
+    for (int i = 0; i < 8; ++i) {
+      const __m512 a = rows[i], b = rows[i + 8];
+      half[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    for (int i = 0; i < 4; ++i)
+      quarter[i] = _mm512_add_ps(_mm512_shuffle_f32x4(half[i], half[i + 4], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_f32x4(half[i], half[i + 4], _MM_SHUFFLE(3, 1, 3, 1)));
+    auto pairwise = [](__m512 a, __m512 b) {  // per 128-bit lane: a0+a1, a2+a3, b0+b1, b2+b3
+      return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    };
+    const __m512 sums = pairwise(pairwise(quarter[0], quarter[1]), pairwise(quarter[2], quarter[3]));
+    return _mm512_shuffle_f32x4(sums, sums, _MM_SHUFFLE(3, 1, 2, 0));
+  }
+#endif
   return xsimd::haddp(rows);
 }
 
