@@ -160,15 +160,27 @@ TEST(TopkAttention, AllKeysEqualsDense) {
   all_keys_equal_dense<bf16>(1, 2500, list_owner::kv_head, true, 904);
 }
 
+/// Per-head lists of one KV group: the sum of their lengths and the length of their union
+/// (batch 0, tile 0), to tell which path of the attend stage a case takes.
+inline std::pair<index_t, index_t> group_entries_and_union(const sparse::token_list_buffer& lists,
+                                                           index_t group) {
+  std::vector<index_t> all;
+  for (index_t h = 0; h < group; ++h)
+    all.insert(all.end(), lists.list(0, h, 0), lists.list(0, h, 0) + lists.count(0, h, 0));
+  const index_t entries = static_cast<index_t>(all.size());
+  std::sort(all.begin(), all.end());
+  return {entries, static_cast<index_t>(std::unique(all.begin(), all.end()) - all.begin())};
+}
+
 /// With one query per tile, topk_attention reuses the selection's scores as the logits of the
 /// listed keys and reads only their V rows; it must equal topk_select followed by
 /// gather_attention, which scores every key again. lens: valid keys per batch entry (a length
 /// below seq_q leaves causal rows with no key at all).
 template <class KV>
-void reused_scores_equal_gather(index_t sq, index_t hq, index_t hkv, index_t d, list_owner owner,
-                                index_t kk, index_t sinks, index_t window, bool causal,
-                                std::vector<index_t> lens, unsigned seed,
-                                std::optional<float> selection_scale = {}) {
+std::pair<index_t, index_t> reused_scores_equal_gather(
+    index_t sq, index_t hq, index_t hkv, index_t d, list_owner owner, index_t kk, index_t sinks,
+    index_t window, bool causal, std::vector<index_t> lens, unsigned seed,
+    std::optional<float> selection_scale = {}, float head_spread = -1.0f) {
   SCOPED_TRACE(seed);
   const index_t batch = static_cast<index_t>(lens.size());
   const index_t sk = *std::max_element(lens.begin(), lens.end());
@@ -176,6 +188,15 @@ void reused_scores_equal_gather(index_t sq, index_t hq, index_t hkv, index_t d, 
   auto q = tensor<float, 4>::make({batch, sq, hq, d});
   auto k = tensor<KV, 4>::make({batch, sk, hkv, d}), v = tensor<KV, 4>::make({batch, sk, hkv, d});
   fill_uniform(q.view, rng, -1.5f, 1.5f);
+  if (head_spread >= 0.0f) {  // the heads of a KV group query nearly alike: overlapping lists
+    std::uniform_real_distribution<float> jitter(-head_spread, head_spread);
+    const index_t g = hq / hkv;
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t i = 0; i < sq; ++i)
+        for (index_t h = 0; h < hq; ++h)
+          for (index_t c = 0; c < d; ++c)
+            q.view(b, i, h, c) = q.view(b, i, h / g * g, c) + (h % g ? jitter(rng) : 0.0f);
+  }
   fill_uniform(k.view, rng, -1.5f, 1.5f);
   fill_uniform(v.view, rng);
   sparse::topk_params p;
@@ -196,7 +217,9 @@ void reused_scores_equal_gather(index_t sq, index_t hq, index_t hkv, index_t d, 
   sparse::gather_attention(q.view, k.view, v.view, og.view, lists_g.view(), p.gather(lg.view));
   EXPECT_TRUE(all_close(o.cview(), og.cview(), 2e-6, 2e-5));
   EXPECT_TRUE(all_close(lse.cview(), lg.cview(), 2e-6, 2e-6));
-  for (index_t i = 0; i < o.view.size(); ++i) ASSERT_FALSE(std::isnan(o.view.data()[i]));
+  for (index_t i = 0; i < o.view.size(); ++i) EXPECT_FALSE(std::isnan(o.view.data()[i]));
+  return owner == list_owner::q_head ? group_entries_and_union(lists_g, hq / hkv)
+                                     : std::pair<index_t, index_t>{0, 0};
 }
 
 TEST(TopkAttention, ReusedScoresEqualSelectThenGather) {
@@ -211,6 +234,27 @@ TEST(TopkAttention, ReusedScoresEqualSelectThenGather) {
   reused_scores_equal_gather<float>(2, 4, 1, 64, list_owner::q_head, 500, 2, 2, true, {90}, 1106);
   // Selection scores raw q . k (TokenSelect's vote): logits are rescaled to attention's scale.
   reused_scores_equal_gather<float>(1, 8, 2, 64, list_owner::layer, 60, 8, 16, true, {900}, 1107, 1.0f);
+}
+
+/// Per-head lists at decode: a KV group whose heads chose mostly the same keys runs once over
+/// the union of their lists (-inf logits on the keys a head did not choose); one whose heads
+/// chose apart runs head by head. Both must equal select + gather.
+TEST(TopkAttention, GroupUnionOfPerHeadListsEqualsSelectThenGather) {
+  for (const float spread : {0.05f, 0.3f, -1.0f})  // -1: independent queries
+    for (const index_t group : {4, 8}) {
+      SCOPED_TRACE(spread);
+      const auto [entries, merged] = reused_scores_equal_gather<float>(
+          1, 2 * group, 2, 64, list_owner::q_head, 64, 2, 8, true, {1500, 1200}, 1110 + group, {},
+          spread);
+      reused_scores_equal_gather<bf16>(1, 2 * group, 2, 64, list_owner::q_head, 64, 0, 0, true,
+                                       {1500}, 1120 + group, {}, spread);
+      // Both paths are covered: the union is taken at most three quarters of the entries.
+      if (spread == 0.05f) {
+        EXPECT_LE(4 * merged, 3 * entries);
+      } else if (spread < 0.0f) {
+        EXPECT_GT(4 * merged, 3 * entries);
+      }
+    }
 }
 
 /// topk_attention over a paged cache (pages in reversed order, ragged lengths) must list the

@@ -322,6 +322,30 @@ struct direct_lists {
   }
 };
 
+/// Sorted union of the ascending lists l[0, n) (lengths c); bits[e] gets bit g set when list g
+/// holds out[e] (n <= 32). Returns the union's length.
+inline index_t merge_sorted_lists(const index_t* const* l, const index_t* c, index_t n,
+                                  index_t* out, std::uint32_t* bits) noexcept {
+  ATTEND_DCHECK(n <= 32);
+  index_t at[32] = {};
+  constexpr index_t none = std::numeric_limits<index_t>::max();
+  index_t m = 0;
+  for (;;) {  // k-way merge
+    index_t p = none;
+    for (index_t g = 0; g < n; ++g)
+      if (at[g] < c[g]) p = std::min(p, l[g][at[g]]);
+    if (p == none) return m;
+    std::uint32_t who = 0;
+    for (index_t g = 0; g < n; ++g)
+      if (at[g] < c[g] && l[g][at[g]] == p) {
+        ++at[g];
+        who |= std::uint32_t{1} << g;
+      }
+    out[m] = p;
+    bits[m++] = who;
+  }
+}
+
 /// Per-query-head lists served one KV group per row block (decode): the union of the group's
 /// lists, merged once per call (in parallel) into `buffer`; each row then masks the keys outside
 /// its own list (own_list_mask). Every gathered K/V row is loaded once for the group instead of
@@ -345,30 +369,12 @@ struct group_union_lists {
     parallel_for(units(), max_threads(), [&](index_t u, int) {
       const index_t tile = u % tiles(), hk = (u / tiles()) % heads_kv, b = u / (tiles() * heads_kv);
       const index_t* l[16];
-      index_t c[16], at[16];
+      index_t c[16];
       for (index_t g = 0; g < group; ++g) {
         l[g] = lists->list(b, hk * group + g, tile);
         c[g] = lists->count(b, hk * group + g, tile);
-        at[g] = 0;
       }
-      index_t* out = buffer + u * cap;
-      std::uint32_t* bits = owners + u * cap;
-      index_t n = 0;
-      for (;;) {  // k-way merge
-        index_t p = std::numeric_limits<index_t>::max();
-        for (index_t g = 0; g < group; ++g)
-          if (at[g] < c[g]) p = std::min(p, l[g][at[g]]);
-        if (p == std::numeric_limits<index_t>::max()) break;
-        std::uint32_t heads = 0;
-        for (index_t g = 0; g < group; ++g)
-          if (at[g] < c[g] && l[g][at[g]] == p) {
-            ++at[g];
-            heads |= std::uint32_t{1} << g;
-          }
-        out[n] = p;
-        bits[n++] = heads;
-      }
-      counts[u] = n;
+      counts[u] = merge_sorted_lists(l, c, group, buffer + u * cap, owners + u * cap);
     });
     index_t merged = 0, total = 0;
     for (index_t u = 0; u < units(); ++u) merged += counts[u];

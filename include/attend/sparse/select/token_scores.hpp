@@ -378,6 +378,11 @@ inline void select_top(const score_buffers& s, const selection_spec& spec, index
 /// selection_scale * q . k; logit_scale = attention scale / selection scale), united with the
 /// implicit sinks and window, which are not candidates and are scored here. Reads the V rows of
 /// the listed keys only. A row with no key gets o = 0 and lse = -inf.
+///
+/// A work unit is one KV head's query heads. With one list per query head, the unit merges the
+/// heads' lists and, when the union is at most three quarters of their entries (heads that
+/// chose mostly the same keys), runs once over the union, each head's logit -inf on the keys
+/// it did not choose: each V row is read once per group. Otherwise each head runs on its own.
 template <class Arch, class KV, class Rows>
 struct scored_attention {
   view4<const float> q;
@@ -392,102 +397,178 @@ struct scored_attention {
   float* scratch = nullptr;  // [threads][stride], see floats_per_thread
   index_t stride = 0;
 
-  /// Keys one row may see at most: a full list plus the implicit ranges.
-  static index_t max_keys(index_t capacity, index_t seq_k, index_t sinks, index_t window) {
-    return capacity + std::min(sinks, seq_k) + std::min(window, seq_k);
+  /// Largest KV group whose per-head lists are merged (one owner bit per head).
+  static constexpr index_t max_union_group = 32;
+
+  /// Keys one unit may see at most: its heads' lists (one list when shared) plus the implicit
+  /// ranges.
+  static index_t max_keys(list_owner owner, index_t group, index_t capacity, index_t seq_k,
+                          index_t sinks, index_t window) {
+    const index_t lists = merges(owner, group) ? group : 1;
+    return lists * capacity + std::min(sinks, seq_k) + std::min(window, seq_k);
   }
-  /// Query heads of one KV head that read the same list: the whole group for shared lists.
-  static index_t heads_per_list(list_owner owner, index_t group) {
-    return owner == list_owner::q_head ? 1 : group;
+  /// Query heads in one work unit: a KV head's group.
+  static index_t heads_per_unit(list_owner owner, index_t group) {
+    return owner == list_owner::q_head && !merges(owner, group) ? 1 : group;
   }
-  static index_t floats_per_thread(index_t keys, index_t heads, index_t dk, index_t dv) {
+  static index_t floats_per_thread(list_owner owner, index_t group, index_t keys, index_t dk,
+                                   index_t dv) {
+    const index_t heads = heads_per_unit(owner, group);
     attend::detail::bump b(nullptr);
     b.take<float>(keys * heads);       // logits, then weights: [head][key]
     b.take<float>(heads > 1 ? keys * heads : 0);  // weights [key][head] for pv_bcast
     b.take<const KV*>(keys);           // V rows
     b.take<const KV*>(keys);           // K rows of the implicit keys
     b.take<float>(heads * (dk + dv + 2));  // scaled queries, accumulators, max and sum
+    const index_t merged = merges(owner, group) ? keys : 0;
+    b.take<index_t>(merged);           // the union of the heads' lists
+    b.take<std::uint32_t>(merged);     // bit r: head r listed the key
     return b.used();
   }
 
-  /// One work unit: the `heads` query heads from h0 on (one KV head's) that share a list.
   void operator()(const score_buffers& s, const token_list_buffer& lists, index_t tile) const {
-    const index_t seq_q = q.extent(1), dk = q.extent(3), dv = o.extent(3);
-    const index_t keys = max_keys(lists.capacity(), seq_k, sinks, window);
-    const index_t heads = heads_per_list(lists.owner(), s.group);
+    const index_t keys = max_keys(lists.owner(), s.group, lists.capacity(), seq_k, sinks, window);
+    const index_t heads = heads_per_unit(lists.owner(), s.group);
     const index_t units = s.heads_q / heads;
+    const bool merge = merges(lists.owner(), s.group);
     attend::detail::parallel_for(s.batch * units, attend::detail::max_threads(),
                                  [&](index_t item, int t) {
-      const index_t b = item / units, h0 = item % units * heads, hk = h0 / s.group;
+      const index_t b = item / units, h0 = item % units * heads;
       attend::detail::bump bp(scratch + t * stride);
-      float* w = bp.take<float>(keys * heads);
-      float* wt = heads > 1 ? bp.take<float>(keys * heads) : w;
-      const KV** vrows = bp.take<const KV*>(keys);
-      const KV** krows = bp.take<const KV*>(keys);
-      float* qs = bp.take<float>(heads * (dk + dv + 2));
-      float* acc = qs + heads * dk;
-      float* m = acc + heads * dv;
-      float* l = m + heads;
-      const index_t len = rows.length(b), pos = len - seq_q + tile;
-      implicit_ranges imp = implicit_for(len, pos, pos, sinks, window);
-      if (causal) imp.sink_end = std::max<index_t>(0, std::min(imp.sink_end, pos + 1));
-      // Implicit keys first (sinks, then the window past them), scored against the scaled query.
-      index_t n = 0;
-      auto take_range = [&](index_t j0, index_t j1) {
-        for (index_t j = j0; j < j1; ++j, ++n) {
-          krows[n] = rows.k_row(b, j, hk);
-          vrows[n] = rows.v_row(b, j, hk);
-        }
-      };
-      take_range(0, imp.sink_end);
-      take_range(std::max(imp.win_lo, imp.sink_end), imp.win_hi);
-      if (n > 0)
-        for (index_t r = 0; r < heads; ++r) {
-          const float* qr = q.data() + q.offset(b, tile, h0 + r, 0);
-          for (index_t d = 0; d < dk; ++d) qs[r * dk + d] = qr[d] * scale;
-          simd::qk_dot<Arch, 1>(krows, n, qs + r * dk, 1, dk, w + r * keys, 1);
-        }
-      const index_t owner = owner_of(lists.owner(), h0, s.group);
-      const index_t* list = lists.list(b, owner, tile);
-      const index_t count = lists.count(b, owner, tile);
-      for (index_t r = 0; r < heads; ++r) {
-        const float* logits = s.row(b, h0 + r);
-        float* dst = w + r * keys + n;
-        for (index_t e = 0; e < count; ++e) dst[e] = logits[list[e]] * logit_scale;
+      unit_scratch ws;
+      ws.w = bp.take<float>(keys * heads);
+      ws.wt = heads > 1 ? bp.take<float>(keys * heads) : ws.w;
+      ws.vrows = bp.take<const KV*>(keys);
+      ws.krows = bp.take<const KV*>(keys);
+      ws.qs = bp.take<float>(heads * (q.extent(3) + o.extent(3) + 2));
+      ws.keys = keys;
+      if (!merge) {  // one list for the unit's heads (shared, or a single head's own)
+        const index_t* list = lists.list(b, owner_of(lists.owner(), h0, s.group), tile);
+        run(s, b, h0, heads, tile, list, lists.count(b, owner_of(lists.owner(), h0, s.group), tile),
+            nullptr, ws);
+        return;
       }
-      for (index_t e = 0; e < count; ++e) vrows[n + e] = rows.v_row(b, list[e], hk);
-      n += count;
-      constexpr index_t ahead = 32, chunk = 16;  // V rows prefetched ahead of the sum
-      for (index_t j = 0; j < std::min(n, ahead); ++j) simd::prefetch_row(vrows[j], dv);
-      // Per head: weights exp(logit - max) in place, the sum kept for the normalisation.
-      const float ninf = -std::numeric_limits<float>::infinity();
-      for (index_t r = 0; r < heads; ++r) {
-        float* x = w + r * keys;
-        m[r] = max_of<Arch>(x, n);
-        if (m[r] == ninf) {  // no key (or all -inf): the row adds nothing
-          std::fill(x, x + n, 0.0f);
-          l[r] = 0.0f;
-        } else {
-          l[r] = exp_shifted<Arch>(x, n, m[r]);
-        }
+      index_t* merged = bp.take<index_t>(keys);
+      std::uint32_t* bits = bp.take<std::uint32_t>(keys);
+      const index_t n = merge_lists(lists, b, h0, heads, tile, merged, bits);
+      index_t entries = 0;
+      for (index_t r = 0; r < heads; ++r) entries += lists.count(b, h0 + r, tile);
+      if (4 * n <= 3 * entries) {
+        run(s, b, h0, heads, tile, merged, n, bits, ws);
+        return;
       }
-      if (heads > 1)
-        for (index_t j = 0; j < n; ++j)
-          for (index_t r = 0; r < heads; ++r) wt[j * heads + r] = w[r * keys + j];
-      std::fill(acc, acc + heads * dv, 0.0f);
-      for (index_t j0 = 0; j0 < n; j0 += chunk) {
-        const index_t kn = std::min(chunk, n - j0);
-        for (index_t j = j0 + ahead; j < std::min(n, j0 + ahead + chunk); ++j)
-          simd::prefetch_row(vrows[j], dv);
-        simd::pv_bcast<Arch>(wt + j0 * heads, heads, heads, vrows + j0, kn, dv, acc, dv);
-      }
-      for (index_t r = 0; r < heads; ++r) {
-        float* orow = o.data() + o.offset(b, tile, h0 + r, 0);
-        const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-        for (index_t c = 0; c < dv; ++c) orow[c] = acc[r * dv + c] * inv;
-        if (lse.has_value()) lse(b, h0 + r, tile) = l[r] > 0.0f ? m[r] + std::log(l[r]) : ninf;
-      }
+      ws.wt = ws.w;  // one head at a time
+      for (index_t r = 0; r < heads; ++r)
+        run(s, b, h0 + r, 1, tile, lists.list(b, h0 + r, tile), lists.count(b, h0 + r, tile),
+            nullptr, ws);
     });
+  }
+
+ private:
+  static bool merges(list_owner owner, index_t group) {
+    return owner == list_owner::q_head && group > 1 && group <= max_union_group;
+  }
+
+  struct unit_scratch {
+    float* w = nullptr;   // [heads][keys]
+    float* wt = nullptr;  // [keys][heads]
+    const KV** vrows = nullptr;
+    const KV** krows = nullptr;
+    float* qs = nullptr;  // [heads][dk], then accumulators [heads][dv], max and sum [heads]
+    index_t keys = 0;     // row length of w
+  };
+
+  /// Sorted union of the lists of heads [h0, h0 + heads) at tile; bits[e] marks the heads that
+  /// listed merged[e]. Returns its length.
+  static index_t merge_lists(const token_list_buffer& lists, index_t b, index_t h0,
+                             index_t heads, index_t tile, index_t* merged,
+                             std::uint32_t* bits) noexcept {
+    const index_t* l[max_union_group];
+    index_t c[max_union_group];
+    for (index_t r = 0; r < heads; ++r) {
+      l[r] = lists.list(b, h0 + r, tile);
+      c[r] = lists.count(b, h0 + r, tile);
+    }
+    return merge_sorted_lists(l, c, heads, merged, bits);
+  }
+
+  /// Attention of heads [h0, h0 + heads) (one KV head's) over the implicit keys and `list`
+  /// (count keys); owners, when given, marks which heads listed each entry (-inf logit for the
+  /// others).
+  void run(const score_buffers& s, index_t b, index_t h0, index_t heads, index_t tile,
+           const index_t* list, index_t count, const std::uint32_t* owners,
+           const unit_scratch& ws) const {
+    const index_t seq_q = q.extent(1), dk = q.extent(3), dv = o.extent(3);
+    const index_t keys = ws.keys, hk = h0 / s.group;
+    float* w = ws.w;
+    float* wt = ws.wt;
+    const KV** vrows = ws.vrows;
+    const KV** krows = ws.krows;
+    float* qs = ws.qs;
+    float* acc = qs + heads * dk;
+    float* m = acc + heads * dv;
+    float* l = m + heads;
+    const index_t len = rows.length(b), pos = len - seq_q + tile;
+    implicit_ranges imp = implicit_for(len, pos, pos, sinks, window);
+    if (causal) imp.sink_end = std::max<index_t>(0, std::min(imp.sink_end, pos + 1));
+    // Implicit keys first (sinks, then the window past them), scored against the scaled query.
+    index_t n = 0;
+    auto take_range = [&](index_t j0, index_t j1) {
+      for (index_t j = j0; j < j1; ++j, ++n) {
+        krows[n] = rows.k_row(b, j, hk);
+        vrows[n] = rows.v_row(b, j, hk);
+      }
+    };
+    take_range(0, imp.sink_end);
+    take_range(std::max(imp.win_lo, imp.sink_end), imp.win_hi);
+    if (n > 0)
+      for (index_t r = 0; r < heads; ++r) {
+        const float* qr = q.data() + q.offset(b, tile, h0 + r, 0);
+        for (index_t d = 0; d < dk; ++d) qs[r * dk + d] = qr[d] * scale;
+        simd::qk_dot<Arch, 1>(krows, n, qs + r * dk, 1, dk, w + r * keys, 1);
+      }
+    const float ninf = -std::numeric_limits<float>::infinity();
+    for (index_t r = 0; r < heads; ++r) {
+      const float* logits = s.row(b, h0 + r);
+      float* dst = w + r * keys + n;
+      if (owners == nullptr) {
+        for (index_t e = 0; e < count; ++e) dst[e] = logits[list[e]] * logit_scale;
+      } else {
+        for (index_t e = 0; e < count; ++e)
+          dst[e] = owners[e] >> r & 1u ? logits[list[e]] * logit_scale : ninf;
+      }
+    }
+    for (index_t e = 0; e < count; ++e) vrows[n + e] = rows.v_row(b, list[e], hk);
+    n += count;
+    constexpr index_t ahead = 32, chunk = 16;  // V rows prefetched ahead of the sum
+    for (index_t j = 0; j < std::min(n, ahead); ++j) simd::prefetch_row(vrows[j], dv);
+    // Per head: weights exp(logit - max) in place, the sum kept for the normalisation.
+    for (index_t r = 0; r < heads; ++r) {
+      float* x = w + r * keys;
+      m[r] = max_of<Arch>(x, n);
+      if (m[r] == ninf) {  // no key (or all -inf): the row adds nothing
+        std::fill(x, x + n, 0.0f);
+        l[r] = 0.0f;
+      } else {
+        l[r] = exp_shifted<Arch>(x, n, m[r]);
+      }
+    }
+    if (heads > 1)
+      for (index_t j = 0; j < n; ++j)
+        for (index_t r = 0; r < heads; ++r) wt[j * heads + r] = w[r * keys + j];
+    std::fill(acc, acc + heads * dv, 0.0f);
+    for (index_t j0 = 0; j0 < n; j0 += chunk) {
+      const index_t kn = std::min(chunk, n - j0);
+      for (index_t j = j0 + ahead; j < std::min(n, j0 + ahead + chunk); ++j)
+        simd::prefetch_row(vrows[j], dv);
+      simd::pv_bcast<Arch>(wt + j0 * heads, heads, heads, vrows + j0, kn, dv, acc, dv);
+    }
+    for (index_t r = 0; r < heads; ++r) {
+      float* orow = o.data() + o.offset(b, tile, h0 + r, 0);
+      const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+      for (index_t c = 0; c < dv; ++c) orow[c] = acc[r * dv + c] * inv;
+      if (lse.has_value()) lse(b, h0 + r, tile) = l[r] > 0.0f ? m[r] + std::log(l[r]) : ninf;
+    }
   }
 };
 

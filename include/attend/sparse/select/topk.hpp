@@ -135,9 +135,10 @@ void topk_attention_scored(const view4<const float>& q, const Rows& rows, index_
   scored_attention<Arch, KV, Rows> stage{q,        rows,     o,       lse,
                                          attention_scale, attention_scale / spec.scale,
                                          p.sinks,  p.window, p.causal, seq_k};
-  const index_t keys = stage.max_keys(p.k, seq_k, p.sinks, p.window);
-  const index_t heads = stage.heads_per_list(p.owner, q.extent(2) / rows.heads());
-  stage.stride = stage.floats_per_thread(keys, heads, q.extent(3), dv);
+  const index_t group = q.extent(2) / rows.heads();
+  const index_t keys =
+      stage.max_keys(p.owner, group, std::max<index_t>(1, p.k), seq_k, p.sinks, p.window);
+  stage.stride = stage.floats_per_thread(p.owner, group, keys, q.extent(3), dv);
   workspace local;
   workspace& ws = gather_scratch ? *gather_scratch : local;
   stage.scratch = ws.reserve(attend::detail::max_threads() * stage.stride);
