@@ -81,13 +81,39 @@ std::vector<T, Alloc> random_buffer(std::size_t n, unsigned seed, float lo = -1.
   return v;
 }
 
+/// Whether a timed sample starts from cold caches. An engine's decode step finds a layer's KV
+/// cache evicted by the other layers' traffic, so by default every sample first streams over
+/// twice the last-level cache (untimed): on a machine whose LLC holds a whole cache, repeating
+/// one call would otherwise time it from the LLC.
+enum class caches { cold, warm };
+
+/// Evicts the last-level (and each core's) caches: every thread reads its share of a buffer of
+/// twice the largest cache benchmark::CPUInfo reports (at least 64 MiB).
+inline void evict_caches() {
+  static const cache_vector<float> buffer = [] {
+    std::size_t llc = 0;
+    for (const auto& c : benchmark::CPUInfo::Get().caches)
+      llc = std::max<std::size_t>(llc, static_cast<std::size_t>(c.size));
+    return cache_vector<float>(std::max<std::size_t>(2 * llc, std::size_t{64} << 20) / sizeof(float),
+                               1.0f);
+  }();
+  const float* data = buffer.data();
+  const auto n = static_cast<std::ptrdiff_t>(buffer.size());
+  float sum = 0.0f;
+#pragma omp parallel for reduction(+ : sum) schedule(static)
+  for (std::ptrdiff_t i = 0; i < n; i += 16) sum += data[i];  // one load per 64-byte line
+  benchmark::DoNotOptimize(sum);
+}
+
 /// Times `body` once per benchmark iteration and returns the median seconds per iteration. Rows
 /// that take seconds (one iteration by default) ask for `min_samples`: extra timed runs after the
 /// loop, so that their median is not a single sample.
 template <class Body>
-double timed_loop(benchmark::State& st, Body&& body, int min_samples = 1) {
+double timed_loop(benchmark::State& st, Body&& body, int min_samples = 1,
+                  caches start = caches::cold) {
   std::vector<double> t;
   auto sample = [&] {
+    if (start == caches::cold) evict_caches();
     const auto a = std::chrono::steady_clock::now();
     body();
     benchmark::ClobberMemory();
@@ -102,9 +128,10 @@ double timed_loop(benchmark::State& st, Body&& body, int min_samples = 1) {
 
 /// Median of `reps` runs of body, in seconds (for reference timings inside a benchmark).
 template <class Body>
-double median_seconds(int reps, Body&& body) {
+double median_seconds(int reps, Body&& body, caches start = caches::cold) {
   std::vector<double> t;
   for (int r = 0; r < reps; ++r) {
+    if (start == caches::cold) evict_caches();
     const auto a = std::chrono::steady_clock::now();
     body();
     t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count());
