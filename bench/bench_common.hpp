@@ -94,8 +94,8 @@ inline void evict_caches() {
     std::size_t llc = 0;
     for (const auto& c : benchmark::CPUInfo::Get().caches)
       llc = std::max<std::size_t>(llc, static_cast<std::size_t>(c.size));
-    return cache_vector<float>(std::max<std::size_t>(2 * llc, std::size_t{64} << 20) / sizeof(float),
-                               1.0f);
+    const std::size_t bytes = std::max<std::size_t>(2 * llc, std::size_t{64} << 20);
+    return cache_vector<float>(bytes / sizeof(float), 1.0f);
   }();
   const float* data = buffer.data();
   const auto n = static_cast<std::ptrdiff_t>(buffer.size());

@@ -98,14 +98,17 @@ ATTEND_INLINE vfloat<Arch> reduce_sum_rows(const vfloat<Arch>* rows) noexcept {
       half[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
                               _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
     }
-    for (int i = 0; i < 4; ++i)
-      quarter[i] = _mm512_add_ps(_mm512_shuffle_f32x4(half[i], half[i + 4], _MM_SHUFFLE(2, 0, 2, 0)),
-                                 _mm512_shuffle_f32x4(half[i], half[i + 4], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int i = 0; i < 4; ++i) {
+      const __m512 a = half[i], b = half[i + 4];
+      quarter[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    }
     auto pairwise = [](__m512 a, __m512 b) {  // per 128-bit lane: a0+a1, a2+a3, b0+b1, b2+b3
       return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
                            _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
     };
-    const __m512 sums = pairwise(pairwise(quarter[0], quarter[1]), pairwise(quarter[2], quarter[3]));
+    const __m512 sums =
+        pairwise(pairwise(quarter[0], quarter[1]), pairwise(quarter[2], quarter[3]));
     return _mm512_shuffle_f32x4(sums, sums, _MM_SHUFFLE(3, 1, 2, 0));
   }
 #endif

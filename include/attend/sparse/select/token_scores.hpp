@@ -443,9 +443,9 @@ struct scored_attention {
       ws.qs = bp.take<float>(heads * (q.extent(3) + o.extent(3) + 2));
       ws.keys = keys;
       if (!merge) {  // one list for the unit's heads (shared, or a single head's own)
-        const index_t* list = lists.list(b, owner_of(lists.owner(), h0, s.group), tile);
-        run(s, b, h0, heads, tile, list, lists.count(b, owner_of(lists.owner(), h0, s.group), tile),
-            nullptr, ws);
+        const index_t own = owner_of(lists.owner(), h0, s.group);
+        run(s, b, h0, heads, tile, lists.list(b, own, tile), lists.count(b, own, tile), nullptr,
+            ws);
         return;
       }
       index_t* merged = bp.take<index_t>(keys);
