@@ -322,6 +322,13 @@ struct direct_lists {
   }
 };
 
+/// Whether running a KV group's per-head lists over their union pays: the union (`merged`
+/// keys) is at most three quarters of the lists' `entries`, so each shared K/V row read once
+/// outweighs the heads' extra masked keys.
+inline bool union_pays(index_t merged, index_t entries) noexcept {
+  return 4 * merged <= 3 * entries;
+}
+
 /// Sorted union of the ascending lists l[0, n) (lengths c); bits[e] gets bit g set when list g
 /// holds out[e] (n <= 32). Returns the union's length.
 inline index_t merge_sorted_lists(const index_t* const* l, const index_t* c, index_t n,
@@ -744,7 +751,7 @@ void gather_dispatch(const view4<const float>& q, const Rows& rows, index_t dv,
     bump b(ws.reserve(front + gather_forward_floats<Arch, KV>(plan, q.extent(3), dv)));
     carve(b);
     const auto [merged, total] = gl.build();
-    group_union = 4 * merged <= 3 * total;
+    group_union = union_pays(merged, total);
   }
   attend::detail::dispatch_head_dims(q.extent(3), dv, [&](auto kdk, auto kdv) {
     constexpr index_t DK = decltype(kdk)::value, DV = decltype(kdv)::value;

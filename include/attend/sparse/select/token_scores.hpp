@@ -453,7 +453,7 @@ struct scored_attention {
       const index_t n = merge_lists(lists, b, h0, heads, tile, merged, bits);
       index_t entries = 0;
       for (index_t r = 0; r < heads; ++r) entries += lists.count(b, h0 + r, tile);
-      if (4 * n <= 3 * entries) {
+      if (union_pays(n, entries)) {
         run(s, b, h0, heads, tile, merged, n, bits, ws);
         return;
       }
