@@ -25,6 +25,7 @@ namespace attend::bench {
 struct machine {
   double peak_gflops = 0;  // fp32 FMA peak, all threads
   double read_gbps = 0;    // read bandwidth over arrays far larger than the last-level cache
+  double gather_gbps = 0;  // the same over scattered 512-byte rows (a sparse decode's reads)
   int threads = 1;
 };
 machine& the_machine();

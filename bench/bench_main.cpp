@@ -1,13 +1,16 @@
-// attend_bench: measures the machine (FMA peak, read bandwidth), prints the context, runs the
+// attend_bench: measures the machine (FMA peak, read and row-gather bandwidth), prints the context, runs the
 // quick default subset (or every row with --full, or a --benchmark_filter of your own) and ends
 // with a summary table of the counters every benchmark reports.
 #include <omp.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <memory>
 #include <sstream>
+#include <vector>
 #include <xsimd/xsimd.hpp>
 
 #include <Eigen/Core>
@@ -63,15 +66,21 @@ double measure_fma_peak(int threads) {
   return best;
 }
 
-/// Read bandwidth: a vectorised sum over 1 GiB (far larger than any last-level cache),
-/// first-touched by the threads that read it, best of several passes.
-double measure_read_bandwidth(int threads) {
+/// 1 GiB of ones (far larger than any last-level cache), first-touched by the threads that
+/// read it.
+constexpr std::size_t probe_floats = std::size_t{1} << 28;
+std::unique_ptr<float[]> probe_array(int threads) {
+  std::unique_ptr<float[]> a(new float[probe_floats]);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::size_t i = 0; i < probe_floats; ++i) a[i] = 1.0f;
+  return a;
+}
+
+/// Read bandwidth: a vectorised sum over the probe array, best of several passes.
+double measure_read_bandwidth(int threads, const std::unique_ptr<float[]>& a) {
   using Arch = xsimd::default_arch;
   using V = simd::vfloat<Arch>;
-  const std::size_t n = std::size_t{1} << 28;  // 1 GiB of floats
-  std::unique_ptr<float[]> a(new float[n]);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (std::size_t i = 0; i < n; ++i) a[i] = 1.0f;
+  const std::size_t n = probe_floats;
   double best = 0;
   for (int pass = 0; pass < 5; ++pass) {
     float total = 0;
@@ -93,6 +102,44 @@ double measure_read_bandwidth(int threads) {
     best = std::max(best, double(n) * sizeof(float) / (t1 - t0) / 1e9);
   }
   return best;
+}
+
+/// Row-gather bandwidth: what a sparse decode step's selection and attention see when they
+/// read scattered cache rows. Each thread sums 2^16 rows of 512 bytes (one f32 head row at
+/// head dim 128) at random row-aligned offsets of the probe array, in ascending order, caches
+/// cold (evicted before each pass); median of five passes.
+double measure_gather_bandwidth(int threads, const std::unique_ptr<float[]>& a) {
+  using Arch = xsimd::default_arch;
+  using V = simd::vfloat<Arch>;
+  constexpr std::size_t row = 128, rows_per_thread = std::size_t{1} << 16;
+  std::vector<std::size_t> offsets(rows_per_thread * static_cast<std::size_t>(threads));
+  std::uint64_t x = 0x9E3779B97F4A7C15ull;  // xorshift: reproducible, no <random> state
+  for (auto& o : offsets) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    o = x % (probe_floats / row) * row;
+  }
+  for (int t = 0; t < threads; ++t)
+    std::sort(offsets.begin() + t * rows_per_thread, offsets.begin() + (t + 1) * rows_per_thread);
+  std::vector<double> rates;
+  for (int pass = 0; pass < 5; ++pass) {
+    evict_caches();
+    float total = 0;
+    const double t0 = omp_get_wtime();
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
+    for (std::size_t i = 0; i < offsets.size(); ++i) {
+      const float* p = a.get() + offsets[i];
+      V s(0.0f);
+      for (std::size_t j = 0; j < row; j += V::size) s += V::load_aligned(p + j);
+      total += simd::reduce_sum<Arch>(s);
+    }
+    const double t1 = omp_get_wtime();
+    if (total != float(offsets.size() * row)) std::puts("gather check sum mismatch");
+    rates.push_back(double(offsets.size() * row) * sizeof(float) / (t1 - t0) / 1e9);
+  }
+  std::nth_element(rates.begin(), rates.begin() + 2, rates.end());
+  return rates[2];
 }
 
 std::string cpu_model() {
@@ -178,7 +225,11 @@ int main(int argc, char** argv) {
   machine& m = the_machine();
   m.threads = omp_get_max_threads();
   m.peak_gflops = measure_fma_peak(m.threads);
-  m.read_gbps = measure_read_bandwidth(m.threads);
+  {
+    const std::unique_ptr<float[]> probe = probe_array(m.threads);
+    m.read_gbps = measure_read_bandwidth(m.threads, probe);
+    m.gather_gbps = measure_gather_bandwidth(m.threads, probe);
+  }
   char buf[64];
   benchmark::AddCustomContext("cpu", cpu_model());
   benchmark::AddCustomContext("isa", xsimd::default_arch::name());
@@ -187,6 +238,8 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("fma_peak", buf);
   std::snprintf(buf, sizeof buf, "%.1f GB/s", m.read_gbps);
   benchmark::AddCustomContext("read_bandwidth", buf);
+  std::snprintf(buf, sizeof buf, "%.1f GB/s (random 512-byte rows)", m.gather_gbps);
+  benchmark::AddCustomContext("gather_bandwidth", buf);
   benchmark::AddCustomContext("xsimd", std::to_string(XSIMD_VERSION_MAJOR) + "." +
                                            std::to_string(XSIMD_VERSION_MINOR) + "." +
                                            std::to_string(XSIMD_VERSION_PATCH));
