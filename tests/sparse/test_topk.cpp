@@ -1,7 +1,7 @@
 // Exact top-k selection: equals brute force (per head, per KV group with either reduction, per
 // layer, mean-query tiles, implicit ranges, ragged lengths); k = all keys equals dense attention;
-// topk_attention's reuse of the selection scores equals select + gather; top_k_long equals
-// select::top_k; paged selection equals contiguous selection.
+// topk_attention's reuse of the selection scores equals select + gather; paged selection equals
+// contiguous selection. (top_k_long: test_top_k_long.cpp.)
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -334,67 +334,6 @@ TEST(TopkAttention, PagedRejectsMalformedCaches) {
   p.kv_lens = {};
   auto o_bad = tensor<float, 4>::make({1, 1, 2, 16});  // wrong head dim of o
   EXPECT_THROW(sparse::topk_attention(c.q.view, cache, o_bad.view, lists, p), invalid_argument);
-}
-
-TEST(TopkLong, EqualsTopK) {
-  std::mt19937 rng(1000);
-  std::uniform_int_distribution<int> level(0, 40);
-  for (index_t n : {1, 2, 17, 333, 5000, 70000})
-    for (index_t k : {index_t{1}, index_t{5}, index_t{100}, n / 2 + 1, n, n + 3}) {
-      std::vector<float> s(static_cast<std::size_t>(n));
-      for (auto& x : s) x = static_cast<float>(level(rng)) * 0.25f;  // many ties
-      for (index_t i = 0; i < n; i += 7) s[i] = -std::numeric_limits<float>::infinity();
-      for (index_t i = 3; i < n; i += 11) s[i] = std::numeric_limits<float>::quiet_NaN();
-      const auto want = sparse::select::top_k(s.data(), n, k);
-      std::vector<index_t> got(static_cast<std::size_t>(std::min(k, n)));
-      std::vector<float> scratch(static_cast<std::size_t>(sparse::select::top_k_long_scratch(n)));
-      const index_t c = sparse::select::top_k_long(s.data(), n, k, got.data(), scratch.data());
-      got.resize(static_cast<std::size_t>(c));
-      EXPECT_EQ(got, want) << "n " << n << " k " << k;
-    }
-}
-
-TEST(TopkLong, SignedZerosInfinitiesAndExtremes) {
-  // The threshold search bisects on integer keys that order floats: negative values, -0 == +0
-  // (a tie, lower index first), denormals, +inf and the largest finite magnitudes must rank as
-  // the float comparison ranks them.
-  const float inf = std::numeric_limits<float>::infinity();
-  const float pool[] = {-0.0f, 0.0f, -1.5f, 1.5f, 1e-42f, -1e-42f, inf, -inf,
-                        std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(),
-                        std::numeric_limits<float>::quiet_NaN(), -2.0f, 2.0f};
-  std::mt19937 rng(1002);
-  std::uniform_int_distribution<int> pick(0, static_cast<int>(std::size(pool)) - 1);
-  for (index_t n : {13, 600, 40000})
-    for (index_t k : {index_t{1}, index_t{3}, n / 8, n / 2, n - 1}) {
-      std::vector<float> s(static_cast<std::size_t>(n));
-      for (auto& x : s) x = pool[pick(rng)];
-      const auto want = sparse::select::top_k(s.data(), n, k);
-      std::vector<index_t> got(static_cast<std::size_t>(std::min(k, n)));
-      std::vector<float> scratch(static_cast<std::size_t>(sparse::select::top_k_long_scratch(n)));
-      got.resize(static_cast<std::size_t>(
-          sparse::select::top_k_long(s.data(), n, k, got.data(), scratch.data())));
-      EXPECT_EQ(got, want) << "n " << n << " k " << k;
-    }
-}
-
-TEST(TopkLong, BoundFromAnUnrepresentativeSample) {
-  // top_k_long first tries a bound from every 4th strided group: here those groups hold all the
-  // large scores (the trial bound is too high and must be rejected) or all the small ones (the
-  // bound is valid but weak).
-  std::mt19937 rng(1001);
-  std::uniform_real_distribution<float> u(0.0f, 1.0f);
-  const index_t n = 1 << 17, k = 2048, groups = n / 16;
-  for (const bool sample_high : {true, false}) {
-    std::vector<float> s(static_cast<std::size_t>(n));
-    for (index_t i = 0; i < n; ++i)
-      s[i] = u(rng) + ((i % groups) % 4 == 0 ? (sample_high ? 1.0f : -1.0f) : 0.0f);
-    const auto want = sparse::select::top_k(s.data(), n, k);
-    std::vector<index_t> got(static_cast<std::size_t>(k));
-    std::vector<float> scratch(static_cast<std::size_t>(sparse::select::top_k_long_scratch(n)));
-    got.resize(static_cast<std::size_t>(
-        sparse::select::top_k_long(s.data(), n, k, got.data(), scratch.data())));
-    EXPECT_EQ(got, want) << "sample_high " << sample_high;
-  }
 }
 
 TEST(TopkSelect, PagedEqualsContiguous) {

@@ -134,14 +134,20 @@ ATTEND_INLINE void finish_row(const Variant& var, const row_ctx& ctx, float* o, 
 
 /// How a tile is walked: several KV heads whose rows interleave token by token are taken
 /// 8 tokens at a time across every head (a sequential read); otherwise each head streams its own
-/// rows (with software prefetch in the decode kernel).
+/// rows. The decode kernel prefetches K rows (`prefetch`) on a head's own rows, and on a token
+/// walk that covers whole token rows: one sequential stream, which the hardware prefetchers,
+/// confined to 4 KiB pages, lose at every token of a head dim 128 f32 cache. A walk over part
+/// of each token row (DuoAttention's full heads, say) is left to them: measured slower with it.
 struct tile_walk {
   bool by_token;
+  bool prefetch;
   index_t chunk;
   template <class KV>
   static tile_walk of(const row_block& rb, const kv_tile<KV>& t) noexcept {
     const bool by_token = rb.kv_heads > 1 && t.heads_interleaved;
-    return {by_token, by_token ? index_t{8} : t.count};
+    const bool whole_rows = t.count > 1 && t.k[1] - t.k[0] == (t.pos[1] - t.pos[0]) *
+                                                                  rb.kv_heads * t.k_head_stride;
+    return {by_token, !by_token || whole_rows, by_token ? index_t{8} : t.count};
   }
 };
 
@@ -225,10 +231,15 @@ void score_tiles(const problem<KV>& pb, const row_block& rb, const Keys& keys, c
         }
         if (dot) {
           const float* q = ws.q + g * rp * dk;
+          // Each head's K rows `distance` keys ahead (a token walk: the next chunk); a
+          // per-head walk also takes the tile's V rows.
           simd::prefetch_plan<KV> ahead;
-          if (!walk.by_token)
-            ahead = {t.k + c0, cn, t.next_k, t.next_count, k_off, dk,
-                     t.v + c0, g * t.v_head_stride, pb.dv};
+          if (walk.prefetch) ahead = {t.k + c0, n - c0, t.next_k, t.next_count, k_off, dk};
+          if (!walk.by_token) {
+            ahead.v = t.v + c0;
+            ahead.v_off = g * t.v_head_stride;
+            ahead.v_elems = pb.dv;
+          }
           auto run_dot = [&](auto krows, index_t off) {
             switch (rp) {
               case 1: simd::qk_dot<Arch, 1, DK>(krows, cn, q, rpk, dk, st, ld, off, ahead); break;

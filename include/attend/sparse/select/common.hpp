@@ -17,6 +17,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "../../core/dtype.hpp"
@@ -251,13 +252,84 @@ inline float from_ordered_key(std::int32_t key) noexcept {
   return x;
 }
 
+// The streaming passes of top_k_long, written with xsimd: GCC 12 at -O2 leaves the plain loops
+// scalar (a conditional max, a conditional count).
+using stream_arch = xsimd::default_arch;
+
+/// acc[i] = max(acc[i], x[i]) for i < n (NaN in x never wins).
+inline void max_into(float* acc, const float* x, index_t n) noexcept {
+  using V = simd::vfloat<stream_arch>;
+  constexpr index_t w = simd::lanes<stream_arch>;
+  index_t i = 0;
+  for (; i + w <= n; i += w) {
+    const V a = V::load_unaligned(acc + i), b = V::load_unaligned(x + i);
+    xsimd::select(a < b, b, a).store_unaligned(acc + i);
+  }
+  for (; i < n; ++i) acc[i] = acc[i] < x[i] ? x[i] : acc[i];
+}
+
+/// Lane-wise int32 totals of a register of counts.
+inline index_t total(const simd::vint<stream_arch>& counts) noexcept {
+  alignas(64) std::int32_t lane[simd::lanes<stream_arch>];
+  counts.store_aligned(lane);
+  index_t sum = 0;
+  for (index_t l = 0; l < simd::lanes<stream_arch>; ++l) sum += lane[l];
+  return sum;
+}
+
+/// How many of x[0, n) are >= t (n < 2^31 per lane count).
+template <class T>
+index_t count_at_least(const T* x, index_t n, T t) noexcept {
+  using B = xsimd::batch<T, stream_arch>;
+  using VI = simd::vint<stream_arch>;
+  constexpr index_t w = simd::lanes<stream_arch>;
+  VI counts(0);
+  const VI one(1), zero(0);
+  const B bound(t);
+  index_t i = 0;
+  for (; i + w <= n; i += w) {
+    const auto hit = B::load_unaligned(x + i) >= bound;
+    if constexpr (std::is_same_v<T, float>) counts += xsimd::select(xsimd::bool_cast(hit), one, zero);
+    else counts += xsimd::select(hit, one, zero);
+  }
+  index_t c = total(counts);
+  for (; i < n; ++i) c += x[i] >= t ? 1 : 0;
+  return c;
+}
+
+/// keys[i] = ordered_key(v[i]) for i < n (v NaN-free).
+inline void ordered_keys(const float* v, index_t n, std::int32_t* keys) noexcept {
+  using V = simd::vfloat<stream_arch>;
+  using VI = simd::vint<stream_arch>;
+  constexpr index_t w = simd::lanes<stream_arch>;
+  const VI flip(0x7fffffff), zero(0);
+  index_t i = 0;
+  for (; i + w <= n; i += w) {
+    const VI bits = simd::bit_cast<VI>(V::load_unaligned(v + i) + V(0.0f));
+    xsimd::select(bits < zero, bits ^ flip, bits).store_unaligned(keys + i);
+  }
+  for (; i < n; ++i) keys[i] = ordered_key(v[i]);
+}
+
 /// The k-th largest of keys[0, n) (1 <= k <= n) by bisection on the key value: each step is one
 /// counting pass that vectorises and never mispredicts, which beats nth_element's partitioning
 /// on the few thousand candidates top_k_long keeps; at most 32 steps.
 inline std::int32_t kth_largest_key(const std::int32_t* keys, index_t n, index_t k) noexcept {
-  std::int32_t lo = std::numeric_limits<std::int32_t>::max();
-  std::int32_t hi = std::numeric_limits<std::int32_t>::min();
-  for (index_t i = 0; i < n; ++i) {
+  using VI = simd::vint<stream_arch>;
+  constexpr index_t w = simd::lanes<stream_arch>;
+  VI vlo(std::numeric_limits<std::int32_t>::max()), vhi(std::numeric_limits<std::int32_t>::min());
+  index_t i = 0;
+  for (; i + w <= n; i += w) {
+    const VI x = VI::load_unaligned(keys + i);
+    vlo = xsimd::min(vlo, x);
+    vhi = xsimd::max(vhi, x);
+  }
+  alignas(64) std::int32_t lanes_lo[w], lanes_hi[w];
+  vlo.store_aligned(lanes_lo);
+  vhi.store_aligned(lanes_hi);
+  std::int32_t lo = *std::min_element(lanes_lo, lanes_lo + w);
+  std::int32_t hi = *std::max_element(lanes_hi, lanes_hi + w);
+  for (; i < n; ++i) {
     lo = std::min(lo, keys[i]);
     hi = std::max(hi, keys[i]);
   }
@@ -266,14 +338,7 @@ inline std::int32_t kth_largest_key(const std::int32_t* keys, index_t n, index_t
   while (lo < hi) {
     const auto mid = static_cast<std::int32_t>(
         lo + (static_cast<std::int64_t>(hi) - lo + 1) / 2);
-    index_t reach = 0;
-    for (index_t i0 = 0; i0 < n; i0 += index_t{1} << 30) {  // 32-bit counts vectorise
-      const index_t i1 = std::min(n, i0 + (index_t{1} << 30));
-      std::int32_t part = 0;
-      for (index_t i = i0; i < i1; ++i) part += keys[i] >= mid ? 1 : 0;
-      reach += part;
-    }
-    if (reach >= k) lo = mid;
+    if (count_at_least(keys, n, mid) >= k) lo = mid;
     else hi = mid - 1;
   }
   return lo;
@@ -281,7 +346,7 @@ inline std::int32_t kth_largest_key(const std::int32_t* keys, index_t n, index_t
 
 /// The k-th largest of v[0, n) (1 <= k <= n, no NaN); keys: [n] scratch.
 inline float kth_largest(const float* v, index_t n, index_t k, std::int32_t* keys) noexcept {
-  for (index_t i = 0; i < n; ++i) keys[i] = ordered_key(v[i]);
+  ordered_keys(v, n, keys);
   return from_ordered_key(kth_largest_key(keys, n, k));
 }
 
@@ -365,7 +430,7 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
     for (index_t r = 0; r * groups < n; ++r) {  // streams the scores; gmax stays in L1
       const float* row = scores + r * groups;
       const index_t m = std::min(groups, n - r * groups);
-      for (index_t g = 0; g < m; ++g) gmax[g] = gmax[g] < row[g] ? row[g] : gmax[g];  // NaN never wins
+      detail::max_into(gmax, row, m);
     }
     // A cheaper bound first: a rank slightly past k / 4 in every 4th group maximum. It is a
     // valid bound when at least k group maxima reach it; otherwise take the exact k-th largest.
@@ -373,9 +438,7 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
     if (rank >= 1 && rank < ns) {
       for (index_t i = 0; i < ns; ++i) keys[i] = detail::ordered_key(gmax[4 * i]);
       const float trial = detail::from_ordered_key(detail::kth_largest_key(keys, ns, rank));
-      index_t reach = 0;
-      for (index_t g = 0; g < groups; ++g) reach += gmax[g] >= trial ? 1 : 0;
-      if (reach >= k) bound = trial;
+      if (detail::count_at_least(gmax, groups, trial) >= k) bound = trial;
     }
     if (bound == ninf) bound = detail::kth_largest(gmax, groups, k, keys);
   }
@@ -388,10 +451,9 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
   }
   // The k-th largest candidate, then one branch-free pass (about half may be taken) over the
   // candidates' keys, which compare like their values.
-  for (index_t i = 0; i < c; ++i) keys[i] = detail::ordered_key(cval[i]);
+  detail::ordered_keys(cval, c, keys);
   const std::int32_t tau = detail::kth_largest_key(keys, c, k);
-  index_t above = 0;
-  for (index_t i = 0; i < c; ++i) above += keys[i] > tau ? 1 : 0;
+  const index_t above = detail::count_at_least(keys, c, tau + 1);  // tau < INT32_MAX: no NaN
   index_t ties = k - above;  // entries equal to tau still to take, lowest index first
   index_t written = 0;
   for (index_t i = 0; i < c && written < k; ++i) {
