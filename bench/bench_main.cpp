@@ -1,6 +1,6 @@
-// attend_bench: measures the machine (FMA peak, read and row-gather bandwidth), prints the context, runs the
-// quick default subset (or every row with --full, or a --benchmark_filter of your own) and ends
-// with a summary table of the counters every benchmark reports.
+// attend_bench: measures the machine (FMA peak, read and row-gather bandwidth), prints the
+// context, runs the quick default subset (or every row with --full, or a --benchmark_filter of
+// your own) and ends with a summary table of the counters every benchmark reports.
 #include <omp.h>
 
 #include <algorithm>

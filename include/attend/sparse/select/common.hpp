@@ -289,8 +289,10 @@ index_t count_at_least(const T* x, index_t n, T t) noexcept {
   index_t i = 0;
   for (; i + w <= n; i += w) {
     const auto hit = B::load_unaligned(x + i) >= bound;
-    if constexpr (std::is_same_v<T, float>) counts += xsimd::select(xsimd::bool_cast(hit), one, zero);
-    else counts += xsimd::select(hit, one, zero);
+    if constexpr (std::is_same_v<T, float>)
+      counts += xsimd::select(xsimd::bool_cast(hit), one, zero);
+    else
+      counts += xsimd::select(hit, one, zero);
   }
   index_t c = total(counts);
   for (; i < n; ++i) c += x[i] >= t ? 1 : 0;
