@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <numeric>
 #include <optional>
+#include <utility>
 
 #include "attend/sparse/select/topk.hpp"
 #include "selection_oracle.hpp"
@@ -111,6 +112,8 @@ TEST(TopkSelect, EqualsBruteForce) {
       {1, 24, 300, 4, 2, 64, list_owner::q_head, head_reduce::softmax_sum, 1, 20, 1, 4, true, true},
       {1, 24, 300, 4, 1, 64, list_owner::kv_head, head_reduce::softmax_sum, 8, 30, 0, 0, false, false},
       {1, 1, 20000, 4, 1, 64, list_owner::kv_head, head_reduce::softmax_sum, 1, 300, 4, 64, true, false},
+      // Own lists long enough for top_k_long's group-maxima bound (k below the group count).
+      {2, 1, 5000, 8, 2, 64, list_owner::q_head, head_reduce::softmax_sum, 1, 60, 3, 20, true, true},
   };
   unsigned seed = 700;
   for (const auto& c : cases) {
@@ -350,17 +353,22 @@ TEST(TopkSelect, PagedEqualsContiguous) {
   copy_into_pages(k.view, k.view, reversed, kp.view, kp.view, table.view);  // keys only
   const index_t len = sk;
   sparse::paged_kv<float> cache{kp.cview(), kp.cview(), table.cview(), make_view(&len, 1)};
-  sparse::topk_params p;
-  p.k = 60;
-  p.owner = list_owner::kv_head;
-  p.sinks = 2;
-  p.window = 10;
-  sparse::token_list_buffer a, b;
-  sparse::topk_select(q.view, k.view, a, p);
-  sparse::topk_select(q.view, cache, b, p);
-  for (index_t o = 0; o < hkv; ++o) {
-    ASSERT_EQ(a.count(0, o, 0), b.count(0, o, 0));
-    for (index_t e = 0; e < a.count(0, o, 0); ++e) EXPECT_EQ(a.list(0, o, 0)[e], b.list(0, o, 0)[e]);
+  // Lists per KV group, and per query head with k below top_k_long's group count.
+  for (const auto& [owner, kk] : {std::pair{list_owner::kv_head, index_t{60}},
+                                  std::pair{list_owner::q_head, index_t{30}}}) {
+    sparse::topk_params p;
+    p.k = kk;
+    p.owner = owner;
+    p.sinks = 2;
+    p.window = 10;
+    sparse::token_list_buffer a, b;
+    sparse::topk_select(q.view, k.view, a, p);
+    sparse::topk_select(q.view, cache, b, p);
+    for (index_t o = 0; o < (owner == list_owner::q_head ? hq : hkv); ++o) {
+      ASSERT_EQ(a.count(0, o, 0), b.count(0, o, 0));
+      for (index_t e = 0; e < a.count(0, o, 0); ++e)
+        EXPECT_EQ(a.list(0, o, 0)[e], b.list(0, o, 0)[e]);
+    }
   }
 }
 
