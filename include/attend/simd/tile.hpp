@@ -22,14 +22,6 @@
 
 #include "convert.hpp"
 
-#if defined(__clang__)
-#define ATTEND_UNROLL _Pragma("unroll")
-#elif defined(__GNUC__)
-#define ATTEND_UNROLL _Pragma("GCC unroll 32")
-#else
-#define ATTEND_UNROLL
-#endif
-
 namespace attend::simd {
 
 /// Register blocking per target: MR broadcast rows x NR registers of accumulators, chosen to use
@@ -308,15 +300,15 @@ ATTEND_INLINE void transpose8x8(__m256* r) noexcept {
 #endif
 
 /// Key-major scores to rows: dst[r][j] = src[j * ld + r] for r < rows, j < count, with NaN
-/// replaced by -inf (selection never picks them). AVX2 moves 8 x 8 blocks through registers;
-/// other targets and the edges copy element by element.
+/// replaced by -inf (selection never picks them). AVX2 and AVX-512 targets move 8 x 8 blocks
+/// through registers; other targets and the edges copy element by element.
 template <class Arch>
 void scores_to_rows(const float* ATTEND_RESTRICT src, index_t ld, index_t rows, index_t count,
                     float* const* dst) noexcept {
   constexpr float ninf = -std::numeric_limits<float>::infinity();
   index_t r_done = 0, j_done = 0;
 #if defined(__AVX2__)
-  if constexpr (!is_avx512<Arch> && is_avx2<Arch>) {
+  if constexpr (is_avx2<Arch> || is_avx512<Arch>) {
     r_done = rows - rows % 8;
     j_done = count - count % 8;
     const __m256 fill = _mm256_set1_ps(ninf);
