@@ -194,7 +194,14 @@ TEST(HipSelect, FindsPlantedNeedles) {
             k.view(0, j, hk, c) += prof * (u[(2 * hk) * d + c] + u[(2 * hk + 1) * d + c]) * 4.0f;
       }
     }
-    for (list_owner owner : {list_owner::q_head, list_owner::kv_head}) {
+    // The search may read a bf16 copy of the keys kept beside the cache (fewer bytes per
+    // scattered row); attention still reads the f32 keys.
+    auto k_copy = tensor<bf16, 4>::make({1, sk, hkv, d});
+    for (std::size_t i = 0; i < k.storage.size(); ++i)
+      k_copy.storage[i] = from_float<bf16>(k.storage[i]);
+    for (auto [owner, search_copy] : {std::pair{list_owner::q_head, false},
+                                      std::pair{list_owner::kv_head, false},
+                                      std::pair{list_owner::kv_head, true}}) {
       sparse::hip_params p;
       p.k = 256;
       p.block_q = sq == 1 ? 1 : 32;
@@ -202,14 +209,20 @@ TEST(HipSelect, FindsPlantedNeedles) {
       sparse::token_list_buffer lists;
       auto o = tensor<float, 4>::make({1, sq, hq, d});
       auto lse = tensor<float, 3>::make({1, hq, sq});
-      sparse::hip_attention(q.view, k.view, v.view, o.view, lists, p, lse.view);
+      if (search_copy) {
+        sparse::hip_select(q.view, k_copy.view, lists, p);
+        sparse::gather_attention(q.view, k.view, v.view, o.view, lists.view(), p.gather(lse.view));
+      } else {
+        sparse::hip_attention(q.view, k.view, v.view, o.view, lists, p, lse.view);
+      }
       const index_t last = lists.tiles() - 1;
       for (index_t w = 0; w < lists.owners(); ++w) {
         const index_t* l = lists.list(0, w, last);
         const index_t n = lists.count(0, w, last);
         for (index_t c0 : centres)
           EXPECT_TRUE(std::binary_search(l, l + n, c0))
-              << "needle at " << c0 << " missed (owner " << w << ", seq_q " << sq << ")";
+              << "needle at " << c0 << " missed (owner " << w << ", seq_q " << sq
+              << (search_copy ? ", bf16 search copy)" : ")");
       }
       // The found keys hold (nearly) as much attention mass as the exact top-k of the same
       // budget: mass ratio = exp(lse_hip - lse_topk) for the last query.
@@ -226,7 +239,8 @@ TEST(HipSelect, FindsPlantedNeedles) {
       sparse::gather_params gp = tp.gather(l1.view);
       sparse::gather_attention(q_last, k.view, v.view, o1.view, exact.view(), gp);
       for (index_t h = 0; h < hq; ++h)
-        EXPECT_GE(std::exp(double(lse.view(0, h, sq - 1)) - double(l1.view(0, h, 0))), 0.95) << h;
+        EXPECT_GE(std::exp(double(lse.view(0, h, sq - 1)) - double(l1.view(0, h, 0))), 0.95)
+            << h << (search_copy ? " (bf16 search copy)" : "");
     }
   }
 }
