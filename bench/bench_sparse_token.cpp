@@ -2,6 +2,7 @@
 //   sparse.topk/S2/{f32,bf16}/k2048         exact top-k per query head (topk_attention)
 //   sparse.topk/S2/f32/k2048/group          exact top-k per KV group (softmax-sum vote)
 //   sparse.topk_int8/S2/f32/k2048           top-k scored on int8 keys, exact attention
+//   sparse.topk_int8/S2/f32/k2048/group     the same, one list per KV group (max score)
 //   sparse.tokenselect/S2/f32/k2048         TokenSelect step (selection-cache miss; hit_ms)
 //   sparse.hip/S2/f32/k2048                 HiP decode (mask per KV group)
 //   sparse.hip/S2/f32/k2048/search_bf16     the same, searching a bf16 copy of the keys
@@ -225,19 +226,25 @@ sparse::int8_keys& s2_int8_keys() {
   return *keys;
 }
 
-void run_topk_int8(benchmark::State& st) {
+/// int8-key top-k with one list per query head, or one per KV group (heads combined by their
+/// maximum score: the union a group's attention gathers shrinks to k keys). mass_vs_exact is
+/// always against the exact per-head top-k.
+void run_topk_int8(benchmark::State& st, sparse::list_owner owner) {
   problem<float>& p = s2_problem<float>();
   sparse::int8_keys& keys = s2_int8_keys();
-  sparse::topk_params tp;
-  tp.k = 2048;
+  sparse::topk_params exact;
+  exact.k = 2048;
+  sparse::topk_params tp = exact;
+  tp.owner = owner;
+  tp.reduce = sparse::head_reduce::max_score;
   workspace sel, gat;
-  tp.scratch = &sel;
+  tp.scratch = exact.scratch = &sel;
   sparse::token_list_buffer lists;
   std::vector<float> lse, lse_exact;
   // The exact top-k's mass, for recall relative to exact selection.
-  sparse::topk_select(p.q(), p.k(), lists, tp);
+  sparse::topk_select(p.q(), p.k(), lists, exact);
   sparse::gather_attention(p.q(), p.k(), p.v(), p.o(), lists.view(),
-                           tp.gather(p.lse_view(lse_exact), &gat));
+                           exact.gather(p.lse_view(lse_exact), &gat));
   auto run = [&](const view3<float>& l) {
     sparse::topk_int8_select(p.q(), keys, lists, tp);
     sparse::gather_attention(p.q(), p.k(), p.v(), p.o(), lists.view(), tp.gather(l, &gat));
@@ -394,7 +401,12 @@ const bool registered = [] {
   add("sparse.topk/S2/f32/k2048/group", [](benchmark::State& st) {
     run_topk<float>(st, sparse::list_owner::kv_head);
   });
-  add("sparse.topk_int8/S2/f32/k2048", run_topk_int8);
+  add("sparse.topk_int8/S2/f32/k2048", [](benchmark::State& st) {
+    run_topk_int8(st, sparse::list_owner::q_head);
+  });
+  add("sparse.topk_int8/S2/f32/k2048/group", [](benchmark::State& st) {
+    run_topk_int8(st, sparse::list_owner::kv_head);
+  });
   add("sparse.tokenselect/S2/f32/k2048", run_tokenselect);
   add("sparse.hip/S2/f32/k2048", [](benchmark::State& st) { run_hip_decode(st, false); });
   add("sparse.hip/S2/f32/k2048/search_bf16",

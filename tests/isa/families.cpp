@@ -14,7 +14,7 @@ void instantiate_families(const view4<const float>& q, const view4<const float>&
   sparse::block_sparse_attention(q, k, v, o, mask, p);
   sparse::gather_attention(q, k, v, o, lists.view());
   sparse::topk_attention(q, k, v, o, lists);
-  const sparse::int8_keys keys(1, 16, 1, 2);
+  const sparse::int8_keys keys(1, 16, 1, 4);
   sparse::topk_int8_select(q, keys, lists);
   sparse::hip_attention(q, k, v, o, lists);
   linear_attention(q, k, v, o);

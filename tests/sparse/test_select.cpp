@@ -69,6 +69,7 @@ static_assert(!std::is_copy_constructible_v<sparse::int8_keys> &&
 
 TEST(Int8Keys, RejectsDimensionsItCannotScore) {
   EXPECT_THROW(sparse::int8_keys(1, 16, 1, 3), attend::invalid_argument);  // odd
+  EXPECT_THROW(sparse::int8_keys(1, 16, 1, 6), attend::invalid_argument);  // not 4 per line
   EXPECT_THROW(sparse::int8_keys(1, 16, 1, sparse::int8_keys::max_dim + 2),
                attend::invalid_argument);  // int32 sums could overflow
   EXPECT_NO_THROW(sparse::int8_keys(1, 16, 1, sparse::int8_keys::max_dim));
@@ -76,7 +77,8 @@ TEST(Int8Keys, RejectsDimensionsItCannotScore) {
 
 /// The int8 selection is the top-k of q . dequantised(k) (up to the int16 query rounding).
 void int8_case(index_t sq, index_t sk, index_t hq, index_t hkv, list_owner owner, index_t kk,
-               index_t qb, index_t sinks, index_t window, unsigned seed) {
+               index_t qb, index_t sinks, index_t window, unsigned seed,
+               sparse::head_reduce reduce = sparse::head_reduce::softmax_sum) {
   const index_t d = 64;
   qkv t(1, sq, sk, hq, hkv, d, seed);
   sparse::int8_keys keys(1, sk, hkv, d);
@@ -87,6 +89,7 @@ void int8_case(index_t sq, index_t sk, index_t hq, index_t hkv, list_owner owner
   p.query_block = qb;
   p.sinks = sinks;
   p.window = window;
+  p.reduce = reduce;
   sparse::token_list_buffer lists;
   sparse::topk_int8_select(t.q.view, keys, lists, p);
   const index_t group = hq / hkv;
@@ -110,7 +113,9 @@ void int8_case(index_t sq, index_t sk, index_t hq, index_t hkv, list_owner owner
       index_t h0 = o, h1 = o + 1;
       if (owner == list_owner::kv_head) h0 = o * group, h1 = h0 + group;
       if (owner == list_owner::layer) h0 = 0, h1 = hq;
-      const auto red = owner == list_owner::q_head ? brute_reduce::own : brute_reduce::softmax_sum;
+      const auto red = owner == list_owner::q_head             ? brute_reduce::own
+                       : reduce == sparse::head_reduce::max_score ? brute_reduce::max_score
+                                                                  : brute_reduce::softmax_sum;
       const brute_list want = brute_select(sk, lo, std::max(lo, hi), h0, h1, red, kk, dot);
       EXPECT_TRUE(same_selection(lists.list(0, o, tile), lists.count(0, o, tile), want, 2e-4))
           << "owner " << o << " tile " << tile;
@@ -124,6 +129,12 @@ TEST(Int8Topk, EqualsBruteForceOnDequantisedKeys) {
   int8_case(6, 500, 6, 1, list_owner::layer, 40, 3, 2, 0, 22);
   int8_case(1, 300, 12, 4, list_owner::q_head, 30, 1, 0, 8, 23);  // groups of 3 heads
   int8_case(1, 400, 3, 3, list_owner::q_head, 30, 1, 0, 0, 24);   // one head per KV head
+  // A KV group's maximum, written by the scorer itself (no head rows): groups of 2, 4 and 6
+  // heads (the scorer takes four heads at a time, so 6 merges two passes).
+  int8_case(1, 1000, 8, 4, list_owner::kv_head, 64, 1, 0, 0, 25, sparse::head_reduce::max_score);
+  int8_case(1, 777, 8, 2, list_owner::kv_head, 50, 1, 4, 32, 26, sparse::head_reduce::max_score);
+  int8_case(2, 500, 12, 2, list_owner::kv_head, 40, 1, 0, 0, 27, sparse::head_reduce::max_score);
+  int8_case(1, 300, 8, 2, list_owner::layer, 30, 1, 0, 0, 28, sparse::head_reduce::max_score);
 }
 
 /// On keys with a planted set of relevant tokens, int8 selection keeps >= 95% of the attention

@@ -6,7 +6,9 @@
 //                 by the engine's score_tiles (K read once per KV group, in its storage type,
 //                 with prefetch) or by another scorer (int8 keys); per-chunk (max, sum exp)
 //   reduce        shared lists: per key, the sum over the owner's heads of each head's softmax
-//                 probability (TokenSelect's soft vote) or the maximum score over the heads
+//                 probability (TokenSelect's soft vote) or the maximum score over the heads (a
+//                 scorer that holds a KV group's scores in registers may write that maximum
+//                 itself: no per-head rows are written or read back)
 //   select        exact top-k per owner (select::top_k_long), ascending, into the token lists
 //   attend        optional (scored_attention): when a tile is one query, its fingerprint is the
 //                 query, so the scores of the selected keys are already its attention logits;
@@ -84,6 +86,8 @@ struct score_buffers {
   index_t topk_stride = 0, engine_stride = 0;
   index_t* lo = nullptr;  // [batch] candidate range of the current tile
   index_t* hi = nullptr;
+  /// The scorer writes agg (the maximum over each KV group's heads) instead of the head rows.
+  bool scorer_takes_group_max = false;
 
   float* row(index_t b, index_t h) const noexcept { return scores + (b * heads_q + h) * ld; }
   float* agg_row(index_t b, index_t o) const noexcept { return agg + (b * owners + o) * ld; }
@@ -577,12 +581,14 @@ struct scored_attention {
 /// capacity k). `score(s, need_partials)` fills s.scores (and the partials when asked) for the
 /// candidates [s.lo[b], s.hi[b]) of the current tile from s.fingerprints(); `attend_stage(s,
 /// out, tile)`, when given, runs after each tile's selection (the attend stage). The scorer gets
-/// `scorer_floats` of its own scratch in s.scorer, from the same workspace.
+/// `scorer_floats` of its own scratch in s.scorer, from the same workspace. A scorer that can
+/// write the maximum over a KV group's heads into s.agg says so (`group_max_scorer`); it is
+/// asked to (s.scorer_takes_group_max) for lists per KV head reduced by max_score.
 template <class Arch, class KV, class Rows, class Scorer, class Attend = std::nullptr_t>
 void select_tokens(const view4<const float>& q, const Rows& rows, index_t seq_k,
                    token_list_buffer& out, const selection_spec& spec, workspace* user_scratch,
                    Scorer&& score, const Attend& attend_stage = nullptr,
-                   index_t scorer_floats = 0) {
+                   index_t scorer_floats = 0, bool group_max_scorer = false) {
   const index_t batch = q.extent(0), seq_q = q.extent(1), heads_q = q.extent(2);
   const index_t dk = q.extent(3), heads_kv = rows.heads();
   ATTEND_CHECK(seq_k <= std::numeric_limits<std::int32_t>::max(), "attend::sparse: ", seq_k,
@@ -596,6 +602,8 @@ void select_tokens(const view4<const float>& q, const Rows& rows, index_t seq_k,
   s.scale = spec.scale;
   const bool shared = spec.owner != list_owner::q_head;
   const bool partials = shared && spec.reduce == head_reduce::softmax_sum;
+  s.scorer_takes_group_max = group_max_scorer && spec.owner == list_owner::kv_head &&
+                             spec.reduce == head_reduce::max_score;
   for (index_t tile = 0; tile < out.tiles(); ++tile) {
     const index_t t0 = tile * spec.query_block, t1 = std::min(seq_q, t0 + spec.query_block);
     for (index_t b = 0; b < batch; ++b) {
@@ -608,7 +616,7 @@ void select_tokens(const view4<const float>& q, const Rows& rows, index_t seq_k,
     fingerprint(q, t0, t1, s);
     score(s, partials);
     if (partials) merge_partials(s);
-    if (shared) reduce_heads<Arch>(s, spec.owner, spec.reduce);
+    if (shared && !s.scorer_takes_group_max) reduce_heads<Arch>(s, spec.owner, spec.reduce);
     select_top(s, spec, tile, out);
     if constexpr (!std::is_same_v<Attend, std::nullptr_t>) attend_stage(s, out, tile);
   }

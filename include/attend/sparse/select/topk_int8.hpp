@@ -2,11 +2,14 @@
 // token and head) kept alongside the cache, so choosing the keys reads a quarter of the bytes of
 // fp32 keys (half of bf16); attention then runs exactly on the real cache over the chosen keys.
 //
-// int8_keys stores each (batch, KV head) as blocks of 16 tokens laid out [dim / 2][16][2]: a
-// 16-byte (AVX2) or 32-byte (AVX-512) load holds dimension pair (2p, 2p + 1) of 8 or 16 tokens,
-// which widen to int16 and multiply-add (vpmaddwd) against the int16-quantised query pair
-// broadcast to every lane: one int32 lane per token, no horizontal sums. Exact integer dot
-// products, scaled back by scale_q * scale_k(token).
+// int8_keys stores each (batch, KV head) as blocks of 16 tokens laid out [dim / 4][16][4], each
+// int8 value offset by 128 (an unsigned byte): one 64-byte line holds dimensions 4p..4p+3 of all
+// 16 tokens. Queries are quantised to int16 and split into two signed bytes (q = 256 hi + lo).
+// With AVX-512 VNNI, vpdpbusd multiplies a line by a broadcast byte quadruple of the query and
+// sums each token's four products into its int32 lane: two instructions per line and head, no
+// widening. AVX2 (and AVX-512 without VNNI) widens the bytes to int16 and multiply-adds the int16
+// query (vpmaddwd). Every path computes the same exact integer q . (k + 128), minus the query's
+// 128 * sum(q), scaled back by scale_q * scale_k(token).
 #ifndef ATTEND_SPARSE_SELECT_TOPK_INT8_HPP_
 #define ATTEND_SPARSE_SELECT_TOPK_INT8_HPP_
 
@@ -15,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../../core/memory.hpp"
@@ -29,8 +33,9 @@ namespace attend::sparse {
 class int8_keys {
  public:
   static constexpr index_t block = 16;  // tokens per block
-  /// Largest head dimension: dot products of int16 queries and int8 keys accumulate in int32
-  /// (dim / 2 pairs of 2 * 32767 * 127 stay below 2^31 up to dim 516).
+  /// Largest head dimension: the exact dot product of an int16 query (|q| <= 32896) and int8
+  /// keys (|k| <= 127) stays below 2^31 up to dim 514. (Partial sums may wrap; int32 arithmetic
+  /// is modular, so the final value is still exact.)
   static constexpr index_t max_dim = 512;
 
   int8_keys() = default;
@@ -43,19 +48,20 @@ class int8_keys {
   int8_keys(int8_keys&&) noexcept = default;
   int8_keys& operator=(int8_keys&&) noexcept = default;
 
-  /// Re-shapes (contents are discarded; lengths become 0). dim must be even.
+  /// Re-shapes (contents are discarded; lengths become 0). dim must be a multiple of 4.
   void reshape(index_t batch, index_t capacity, index_t heads_kv, index_t dim) {
-    ATTEND_CHECK(batch >= 1 && capacity >= 1 && heads_kv >= 1 && dim >= 2 && dim % 2 == 0 &&
+    ATTEND_CHECK(batch >= 1 && capacity >= 1 && heads_kv >= 1 && dim >= 4 && dim % 4 == 0 &&
                      dim <= max_dim,
-                 "attend::sparse::int8_keys: need batch, capacity, heads >= 1 and an even dim in "
-                 "[2, ", max_dim, "] (got ", batch, ", ", capacity, ", ", heads_kv, ", ", dim, ")");
+                 "attend::sparse::int8_keys: need batch, capacity, heads >= 1 and a dim in [4, ",
+                 max_dim, "] that is a multiple of 4 (got ", batch, ", ", capacity, ", ", heads_kv,
+                 ", ", dim, ")");
     batch_ = batch;
     heads_ = heads_kv;
     dim_ = dim;
     blocks_ = (capacity + block - 1) / block;
     capacity_ = blocks_ * block;
     const std::size_t bytes = static_cast<std::size_t>(batch * heads_kv * blocks_ * block * dim);
-    data_.assign(bytes, std::int8_t{0});
+    data_.assign(bytes, std::uint8_t{128});  // zero
     scales_.assign(static_cast<std::size_t>(batch * heads_kv * capacity_), 0.0f);
     lengths_.assign(static_cast<std::size_t>(batch), 0);
   }
@@ -84,12 +90,11 @@ class int8_keys {
         const float scale = amax / 127.0f;
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         scales_[static_cast<std::size_t>((b * heads_ + h) * capacity_ + pos)] = scale;
-        std::int8_t* blk = block_data(b, h, pos / block);
+        std::uint8_t* blk = block_data(b, h, pos / block);
         const index_t slot = pos % block;
         for (index_t d = 0; d < dim_; ++d) {
-          const float x = std::nearbyint(to_float(src[d]) * inv);
-          blk[(d / 2) * 2 * block + slot * 2 + d % 2] =
-              static_cast<std::int8_t>(std::clamp(x, -127.0f, 127.0f));
+          const float x = std::clamp(std::nearbyint(to_float(src[d]) * inv), -127.0f, 127.0f);
+          blk[at(slot, d)] = static_cast<std::uint8_t>(static_cast<int>(x) + 128);
         }
       }
     });
@@ -104,8 +109,10 @@ class int8_keys {
   /// Tokens stored so far in sequence b (the largest stored position + 1).
   index_t length(index_t b) const noexcept { return lengths_[static_cast<std::size_t>(b)]; }
 
-  /// Block blk of (b, h): [dim / 2][16 tokens][2] int8.
-  const std::int8_t* block_data(index_t b, index_t h, index_t blk) const noexcept {
+  /// Blocks of (b, h) (capacity / 16).
+  index_t blocks() const noexcept { return blocks_; }
+  /// Block blk of (b, h): [dim / 4][16 tokens][4] bytes, int8 + 128.
+  const std::uint8_t* block_data(index_t b, index_t h, index_t blk) const noexcept {
     return data_.data() + ((b * heads_ + h) * blocks_ + blk) * block * dim_;
   }
   /// Scales of (b, h): [capacity].
@@ -114,8 +121,8 @@ class int8_keys {
   }
   /// The value the copy represents for (b, t, h, d): scale * int8 (for tests).
   float dequantised(index_t b, index_t t, index_t h, index_t d) const noexcept {
-    const std::int8_t* blk = block_data(b, h, t / block);
-    return scales(b, h)[t] * float(blk[(d / 2) * 2 * block + (t % block) * 2 + d % 2]);
+    const std::uint8_t* blk = block_data(b, h, t / block);
+    return scales(b, h)[t] * float(int(blk[at(t % block, d)]) - 128);
   }
   /// Bytes a full scan of one sequence's keys reads (int8 values plus scales).
   double scan_bytes(index_t len) const noexcept {
@@ -123,10 +130,12 @@ class int8_keys {
   }
 
  private:
-  std::int8_t* block_data(index_t b, index_t h, index_t blk) noexcept {
+  std::uint8_t* block_data(index_t b, index_t h, index_t blk) noexcept {
     return data_.data() + ((b * heads_ + h) * blocks_ + blk) * block * dim_;
   }
-  cache_vector<std::int8_t> data_;  // 64-byte aligned (blocks are loaded aligned)
+  /// Offset of (token slot, dimension d) in a block.
+  static index_t at(index_t slot, index_t d) noexcept { return (d / 4) * 4 * block + slot * 4 + d % 4; }
+  cache_vector<std::uint8_t> data_;  // 64-byte aligned (blocks are loaded aligned)
   cache_vector<float> scales_;
   std::vector<index_t> lengths_;
   index_t batch_ = 0, heads_ = 0, dim_ = 0, blocks_ = 0, capacity_ = 0;
@@ -142,124 +151,163 @@ struct int8_rows {
   index_t length(index_t b) const noexcept { return lens ? lens[b] : keys->length(b); }
 };
 
-/// Each quantised query pair is stored this many times over, so the AVX2 multiply-add takes it
-/// as a memory operand instead of a separate broadcast (the scan is bound by issued uops).
-inline constexpr index_t int8_query_lanes = 8;
-static_assert(int8_query_lanes * sizeof(std::int32_t) >= 32, "the AVX2 path loads 32 bytes");
+/// One quantised query head: q ~= scale * q16 (q16 = 256 * hi + lo, both signed bytes).
+struct int8_query {
+  const std::int16_t* q16 = nullptr;  // [dim]
+  const std::int32_t* hi = nullptr;   // [dim / 4] four signed high bytes (one per dimension)
+  const std::int32_t* lo = nullptr;   // [dim / 4] four signed low bytes
+  std::int32_t offset = 0;            // 128 * sum(q16) (mod 2^32): the keys' +128, removed
+  float scale = 0.0f;                 // amax / 32639 * the selection scale
+};
 
-/// Scores of one 16-token block for GN heads: out[g][t] = scale_g * scale_k[t] * qi_g . k_t,
-/// where qp[g][p * int8_query_lanes] packs query pair (2p, 2p + 1) of head g as two int16 in
-/// an int32, repeated int8_query_lanes times.
+/// Scores of one 16-token block for GN heads: out[g][t] = q[g].scale * kscale[t] * q16_g . k_t.
+/// `ahead` is a block further on in the same stream, prefetched a line per step (with the light
+/// VNNI loop the hardware prefetcher alone fell behind: 18 against 23-25 GB/s).
 template <class Arch, int GN>
-ATTEND_INLINE void int8_block_scores(const std::int8_t* blk, const std::int32_t* const* qp,
-                                     const float* qscale, const float* kscale, index_t pairs,
+ATTEND_INLINE void int8_block_scores(const std::uint8_t* blk, const int8_query* q,
+                                     const float* kscale, index_t quads, const std::uint8_t* ahead,
                                      float (*out)[16]) noexcept {
-#if defined(__AVX512BW__)
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
   if constexpr (simd::is_avx512<Arch>) {
-    // The head loops are unrolled explicitly: GCC 12 at -O2 kept acc[] on the stack otherwise,
-    // and the scan took twice as long as at -O3.
-    __m512i acc[GN];
-    ATTEND_UNROLL for (int g = 0; g < GN; ++g) acc[g] = _mm512_setzero_si512();
-    for (index_t p = 0; p < pairs; ++p) {
-      const __m512i k =
-          _mm512_cvtepi8_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + p * 32)));
+    // The head loops are unrolled explicitly: GCC 12 at -O2 kept the accumulators on the stack
+    // otherwise, and the scan took twice as long as at -O3.
+    __m512i hi[GN], lo[GN];
+    ATTEND_UNROLL for (int g = 0; g < GN; ++g) hi[g] = lo[g] = _mm512_setzero_si512();
+    for (index_t p = 0; p < quads; ++p) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + p * 64), _MM_HINT_T0);
+      const __m512i k = _mm512_load_si512(blk + p * 64);
       ATTEND_UNROLL for (int g = 0; g < GN; ++g) {
-        const __m512i q = _mm512_set1_epi32(qp[g][p * int8_query_lanes]);
-#if defined(__AVX512VNNI__)
-        acc[g] = _mm512_dpwssd_epi32(acc[g], k, q);
-#else
-        acc[g] = _mm512_add_epi32(acc[g], _mm512_madd_epi16(k, q));
-#endif
+        hi[g] = _mm512_dpbusd_epi32(hi[g], k, _mm512_set1_epi32(q[g].hi[p]));
+        lo[g] = _mm512_dpbusd_epi32(lo[g], k, _mm512_set1_epi32(q[g].lo[p]));
       }
     }
     const __m512 ks = _mm512_loadu_ps(kscale);
-    ATTEND_UNROLL for (int g = 0; g < GN; ++g)
-      _mm512_storeu_ps(out[g], _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[g]), ks),
-                                             _mm512_set1_ps(qscale[g])));
+    ATTEND_UNROLL for (int g = 0; g < GN; ++g) {
+      const __m512i dot = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(hi[g], 8), lo[g]),
+                                           _mm512_set1_epi32(q[g].offset));
+      _mm512_storeu_ps(out[g], _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), ks),
+                                             _mm512_set1_ps(q[g].scale)));
+    }
     return;
   }
 #endif
 #if defined(__AVX2__)
-  if constexpr (simd::is_avx2<Arch>) {
-    // One half-block (8 tokens) at a time: GN accumulators stay in registers (both halves at
-    // once made GCC spill one to the stack, a store-forwarding chain that tripled the time).
+  if constexpr (simd::is_avx2<Arch>) {  // also AVX-512 without VNNI
+    // Half a block (8 tokens) at a time, tokens 0-3 and 4-7 in separate accumulators (two
+    // int32 lanes per token, summed at the end): 2 GN accumulators stay in registers.
     for (int half = 0; half < 2; ++half) {
-      const std::int8_t* src = blk + half * 16;
-      __m256i acc[GN];
-      ATTEND_UNROLL for (int g = 0; g < GN; ++g) acc[g] = _mm256_setzero_si256();
-      for (index_t p = 0; p < pairs; ++p) {
-        const __m256i k =
-            _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(src + p * 32)));
-        ATTEND_UNROLL for (int g = 0; g < GN; ++g)
-          acc[g] = _mm256_add_epi32(
-              acc[g], _mm256_madd_epi16(k, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
-                                               qp[g] + p * int8_query_lanes))));
+      const std::uint8_t* src = blk + half * 32;
+      __m256i a[GN], b[GN];
+      ATTEND_UNROLL for (int g = 0; g < GN; ++g) a[g] = b[g] = _mm256_setzero_si256();
+      for (index_t p = 0; p < quads; ++p) {
+        if (half == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + p * 64), _MM_HINT_T0);
+        const __m256i k03 =
+            _mm256_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(src + p * 64)));
+        const __m256i k47 = _mm256_cvtepu8_epi16(
+            _mm_load_si128(reinterpret_cast<const __m128i*>(src + p * 64 + 16)));
+        ATTEND_UNROLL for (int g = 0; g < GN; ++g) {
+          std::int64_t quad;
+          std::memcpy(&quad, q[g].q16 + 4 * p, sizeof quad);
+          const __m256i qv = _mm256_set1_epi64x(quad);
+          a[g] = _mm256_add_epi32(a[g], _mm256_madd_epi16(k03, qv));
+          b[g] = _mm256_add_epi32(b[g], _mm256_madd_epi16(k47, qv));
+        }
       }
       const __m256 ks = _mm256_loadu_ps(kscale + half * 8);
-      ATTEND_UNROLL for (int g = 0; g < GN; ++g)
+      ATTEND_UNROLL for (int g = 0; g < GN; ++g) {
+        // hadd: [t0 t1 t4 t5 | t2 t3 t6 t7]; the 64-bit permute restores token order.
+        const __m256i dot = _mm256_sub_epi32(
+            _mm256_permute4x64_epi64(_mm256_hadd_epi32(a[g], b[g]), 0xD8),
+            _mm256_set1_epi32(q[g].offset));
         _mm256_storeu_ps(out[g] + half * 8,
-                         _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[g]), ks),
-                                       _mm256_set1_ps(qscale[g])));
+                         _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), ks),
+                                       _mm256_set1_ps(q[g].scale)));
+      }
     }
     return;
   }
 #endif
-  for (int g = 0; g < GN; ++g) {
-    std::int32_t acc[16] = {};
-    for (index_t p = 0; p < pairs; ++p) {
-      const std::int32_t w = qp[g][p * int8_query_lanes];
-      const std::int32_t q0 = static_cast<std::int16_t>(w & 0xFFFF);
-      const std::int32_t q1 = static_cast<std::int16_t>((w >> 16) & 0xFFFF);
-      for (int t = 0; t < 16; ++t) acc[t] += q0 * blk[p * 32 + 2 * t] + q1 * blk[p * 32 + 2 * t + 1];
+  (void)ahead;
+  for (int g = 0; g < GN; ++g)
+    for (int t = 0; t < 16; ++t) {
+      std::uint32_t acc = 0;  // modular, as the vector paths
+      for (index_t d = 0; d < 4 * quads; ++d)
+        acc += static_cast<std::uint32_t>(q[g].q16[d] * int(blk[(d / 4) * 64 + t * 4 + d % 4]));
+      const auto dot = static_cast<std::int32_t>(acc - static_cast<std::uint32_t>(q[g].offset));
+      out[g][t] = float(dot) * kscale[t] * q[g].scale;
     }
-    for (int t = 0; t < 16; ++t) out[g][t] = float(acc[t]) * kscale[t] * qscale[g];
-  }
 }
 
-/// Quantised fingerprints: pairs [batch][heads_q][dim / 2][int8_query_lanes] int32 pairs of
-/// int16, scale [batch][heads_q] (times the attention scale). Carved from the selection's
-/// workspace (score_buffers::scorer), so a call allocates nothing once it has grown.
+/// Quantised fingerprints of every (batch, query head), carved from the selection's workspace
+/// (score_buffers::scorer), so a call allocates nothing once it has grown.
 struct int8_queries {
-  std::int32_t* pairs = nullptr;
+  std::int16_t* q16 = nullptr;  // [batch * heads_q][dk]
+  std::int32_t* hi = nullptr;   // [batch * heads_q][dk / 4]
+  std::int32_t* lo = nullptr;
+  std::int32_t* offset = nullptr;  // [batch * heads_q]
   float* scale = nullptr;
+  index_t dk = 0;
 
   /// Lays the buffers out from base (null: only counts); returns the floats they take.
-  index_t carve(float* base, index_t batch, index_t heads_q, index_t dk) noexcept {
+  index_t carve(float* base, index_t batch, index_t heads_q, index_t dim) noexcept {
     attend::detail::bump b(base);
-    pairs = b.take<std::int32_t>(batch * heads_q * (dk / 2) * int8_query_lanes);
-    scale = b.take<float>(batch * heads_q);
+    const index_t rows = batch * heads_q;
+    dk = dim;
+    q16 = b.take<std::int16_t>(rows * dk);
+    hi = b.take<std::int32_t>(rows * dk / 4);
+    lo = b.take<std::int32_t>(rows * dk / 4);
+    offset = b.take<std::int32_t>(rows);
+    scale = b.take<float>(rows);
     return b.used();
+  }
+  int8_query row(index_t bh) const noexcept {
+    return {q16 + bh * dk, hi + bh * dk / 4, lo + bh * dk / 4, offset[bh], scale[bh]};
   }
 };
 
+/// Largest |q16|: 256 * 127 + 127, so that hi = (q16 - lo) / 256 fits a signed byte.
+inline constexpr float int8_query_max = 32639.0f;
+
 inline void quantise_queries(const score_buffers& s, int8_queries& out) {
-  const index_t pairs = s.dk / 2;
   out.carve(s.scorer, s.batch, s.heads_q, s.dk);
   for (index_t bh = 0; bh < s.batch * s.heads_q; ++bh) {
     const float* q = s.qf + bh * s.dk;
     float amax = 0.0f;
     for (index_t d = 0; d < s.dk; ++d) amax = std::max(amax, std::abs(q[d]));
-    const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
-    out.scale[bh] = amax / 32767.0f * s.scale;
-    for (index_t p = 0; p < pairs; ++p) {
-      const auto q0 = static_cast<std::int16_t>(std::nearbyint(q[2 * p] * inv));
-      const auto q1 = static_cast<std::int16_t>(std::nearbyint(q[2 * p + 1] * inv));
-      const auto packed = static_cast<std::int32_t>(
-          static_cast<std::uint32_t>(static_cast<std::uint16_t>(q0)) |
-          (static_cast<std::uint32_t>(static_cast<std::uint16_t>(q1)) << 16));
-      std::int32_t* lanes = out.pairs + (bh * pairs + p) * int8_query_lanes;
-      std::fill(lanes, lanes + int8_query_lanes, packed);
+    const float inv = amax > 0.0f ? int8_query_max / amax : 0.0f;
+    out.scale[bh] = amax / int8_query_max * s.scale;
+    std::int16_t* q16 = out.q16 + bh * s.dk;
+    std::uint32_t sum = 0;
+    for (index_t d = 0; d < s.dk; ++d) {
+      q16[d] = static_cast<std::int16_t>(std::nearbyint(q[d] * inv));
+      sum += static_cast<std::uint32_t>(std::int32_t{q16[d]});
+    }
+    out.offset[bh] = static_cast<std::int32_t>(sum * 128u);
+    for (index_t p = 0; p < s.dk / 4; ++p) {
+      std::uint32_t hi = 0, lo = 0;
+      for (int e = 0; e < 4; ++e) {
+        const int v = q16[4 * p + e];
+        const int low = static_cast<std::int8_t>(static_cast<std::uint8_t>(v & 0xFF));
+        const int high = (v - low) / 256;  // exact, in [-128, 127]
+        lo |= std::uint32_t{static_cast<std::uint8_t>(low)} << (8 * e);
+        hi |= std::uint32_t{static_cast<std::uint8_t>(high)} << (8 * e);
+      }
+      out.hi[bh * s.dk / 4 + p] = static_cast<std::int32_t>(hi);
+      out.lo[bh * s.dk / 4 + p] = static_cast<std::int32_t>(lo);
     }
   }
 }
 
-/// Scores the candidates of every (batch, KV head, key chunk) from the int8 copy.
+/// Scores the candidates of every (batch, KV head, key chunk) from the int8 copy: into the head
+/// rows, or, when the pipeline asks (s.scorer_takes_group_max), their maximum over the KV group
+/// straight into the group's aggregate row.
 template <class Arch>
 void score_with_int8(const int8_keys& keys, const score_buffers& s, bool need_partials,
                      int8_queries& qq) {
   quantise_queries(s, qq);
-  const index_t pairs = s.dk / 2;
+  const index_t quads = s.dk / 4;
   const index_t items = s.batch * s.heads_kv * s.chunks;
+  constexpr index_t ahead = 2;  // blocks prefetched ahead (4 KiB at dim 128)
   attend::detail::parallel_for(items, attend::detail::max_threads(), [&](index_t item, int) {
     const index_t c = item % s.chunks, hk = (item / s.chunks) % s.heads_kv;
     const index_t b = item / (s.chunks * s.heads_kv);
@@ -267,30 +315,39 @@ void score_with_int8(const int8_keys& keys, const score_buffers& s, bool need_pa
     const index_t j1 = std::min(s.hi[b], (c + 1) * s.chunk);
     if (j1 > j0) {
       const float* ks = keys.scales(b, hk);
+      const index_t last = (j1 - 1) / int8_keys::block;
       for (index_t g0 = 0; g0 < s.group; g0 += 4) {
         const int gn = static_cast<int>(std::min<index_t>(4, s.group - g0));
-        const std::int32_t* qp[4];
-        float qs[4];
+        int8_query qr[4];
         float* rows[4];
         for (int g = 0; g < gn; ++g) {
           const index_t h = hk * s.group + g0 + g;
-          qp[g] = qq.pairs + (b * s.heads_q + h) * pairs * int8_query_lanes;
-          qs[g] = qq.scale[b * s.heads_q + h];
+          qr[g] = qq.row(b * s.heads_q + h);
           rows[g] = s.row(b, h);
         }
+        float* group_max = s.scorer_takes_group_max ? s.agg_row(b, hk) : nullptr;
         alignas(64) float tmp[4][16];
-        for (index_t blk = j0 / int8_keys::block; blk * int8_keys::block < j1; ++blk) {
+        for (index_t blk = j0 / int8_keys::block; blk <= last; ++blk) {
           const index_t t0 = blk * int8_keys::block;
-          const std::int8_t* data = keys.block_data(b, hk, blk);
+          const std::uint8_t* data = keys.block_data(b, hk, blk);
+          const std::uint8_t* next = keys.block_data(b, hk, std::min(blk + ahead, last));
           switch (gn) {
-            case 1: int8_block_scores<Arch, 1>(data, qp, qs, ks + t0, pairs, tmp); break;
-            case 2: int8_block_scores<Arch, 2>(data, qp, qs, ks + t0, pairs, tmp); break;
-            case 3: int8_block_scores<Arch, 3>(data, qp, qs, ks + t0, pairs, tmp); break;
-            default: int8_block_scores<Arch, 4>(data, qp, qs, ks + t0, pairs, tmp); break;
+            case 1: int8_block_scores<Arch, 1>(data, qr, ks + t0, quads, next, tmp); break;
+            case 2: int8_block_scores<Arch, 2>(data, qr, ks + t0, quads, next, tmp); break;
+            case 3: int8_block_scores<Arch, 3>(data, qr, ks + t0, quads, next, tmp); break;
+            default: int8_block_scores<Arch, 4>(data, qr, ks + t0, quads, next, tmp); break;
           }
           const index_t a = std::max(t0, j0), e = std::min(t0 + int8_keys::block, j1);
-          for (int g = 0; g < gn; ++g)
-            for (index_t t = a; t < e; ++t) rows[g][t] = tmp[g][t - t0];
+          if (group_max != nullptr) {
+            for (index_t t = a; t < e; ++t) {
+              float m = g0 == 0 ? tmp[0][t - t0] : std::max(group_max[t], tmp[0][t - t0]);
+              for (int g = 1; g < gn; ++g) m = std::max(m, tmp[g][t - t0]);
+              group_max[t] = m;
+            }
+          } else {
+            for (int g = 0; g < gn; ++g)
+              for (index_t t = a; t < e; ++t) rows[g][t] = tmp[g][t - t0];
+          }
         }
       }
     }
@@ -307,7 +364,7 @@ void select_int8(const view4<const float>& q, const int8_keys& keys, const index
   select_tokens<Arch, float>(
       q, rows, keys.capacity(), out, spec, scratch,
       [&](const score_buffers& s, bool partials) { score_with_int8<Arch>(keys, s, partials, qq); },
-      nullptr, query_floats);
+      nullptr, query_floats, /*group_max_scorer=*/true);
 }
 
 }  // namespace detail
