@@ -94,7 +94,7 @@ class int8_keys {
         const index_t slot = pos % block;
         for (index_t d = 0; d < dim_; ++d) {
           const float x = std::clamp(std::nearbyint(to_float(src[d]) * inv), -127.0f, 127.0f);
-          blk[at(slot, d)] = static_cast<std::uint8_t>(static_cast<int>(x) + 128);
+          blk[offset(slot, d)] = static_cast<std::uint8_t>(static_cast<int>(x) + 128);
         }
       }
     });
@@ -109,11 +109,13 @@ class int8_keys {
   /// Tokens stored so far in sequence b (the largest stored position + 1).
   index_t length(index_t b) const noexcept { return lengths_[static_cast<std::size_t>(b)]; }
 
-  /// Blocks of (b, h) (capacity / 16).
-  index_t blocks() const noexcept { return blocks_; }
-  /// Block blk of (b, h): [dim / 4][16 tokens][4] bytes, int8 + 128.
+  /// Block blk of (b, h): [dim / 4][16 tokens][4] bytes, int8 + 128 (see offset).
   const std::uint8_t* block_data(index_t b, index_t h, index_t blk) const noexcept {
     return data_.data() + ((b * heads_ + h) * blocks_ + blk) * block * dim_;
+  }
+  /// Offset of (token slot in its block, dimension d) in block_data.
+  static constexpr index_t offset(index_t slot, index_t d) noexcept {
+    return (d / 4) * 4 * block + slot * 4 + d % 4;
   }
   /// Scales of (b, h): [capacity].
   const float* scales(index_t b, index_t h) const noexcept {
@@ -122,7 +124,7 @@ class int8_keys {
   /// The value the copy represents for (b, t, h, d): scale * int8 (for tests).
   float dequantised(index_t b, index_t t, index_t h, index_t d) const noexcept {
     const std::uint8_t* blk = block_data(b, h, t / block);
-    return scales(b, h)[t] * float(int(blk[at(t % block, d)]) - 128);
+    return scales(b, h)[t] * float(int(blk[offset(t % block, d)]) - 128);
   }
   /// Bytes a full scan of one sequence's keys reads (int8 values plus scales).
   double scan_bytes(index_t len) const noexcept {
@@ -133,8 +135,6 @@ class int8_keys {
   std::uint8_t* block_data(index_t b, index_t h, index_t blk) noexcept {
     return data_.data() + ((b * heads_ + h) * blocks_ + blk) * block * dim_;
   }
-  /// Offset of (token slot, dimension d) in a block.
-  static index_t at(index_t slot, index_t d) noexcept { return (d / 4) * 4 * block + slot * 4 + d % 4; }
   cache_vector<std::uint8_t> data_;  // 64-byte aligned (blocks are loaded aligned)
   cache_vector<float> scales_;
   std::vector<index_t> lengths_;
@@ -195,12 +195,13 @@ ATTEND_INLINE void int8_block_scores(const std::uint8_t* blk, const int8_query* 
   if constexpr (simd::is_avx2<Arch>) {  // also AVX-512 without VNNI
     // Half a block (8 tokens) at a time, tokens 0-3 and 4-7 in separate accumulators (two
     // int32 lanes per token, summed at the end): 2 GN accumulators stay in registers.
+    for (index_t p = 0; p < quads; ++p)
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + p * 64), _MM_HINT_T0);
     for (int half = 0; half < 2; ++half) {
       const std::uint8_t* src = blk + half * 32;
       __m256i a[GN], b[GN];
       ATTEND_UNROLL for (int g = 0; g < GN; ++g) a[g] = b[g] = _mm256_setzero_si256();
       for (index_t p = 0; p < quads; ++p) {
-        if (half == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + p * 64), _MM_HINT_T0);
         const __m256i k03 =
             _mm256_cvtepu8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(src + p * 64)));
         const __m256i k47 = _mm256_cvtepu8_epi16(
@@ -232,7 +233,7 @@ ATTEND_INLINE void int8_block_scores(const std::uint8_t* blk, const int8_query* 
     for (int t = 0; t < 16; ++t) {
       std::uint32_t acc = 0;  // modular, as the vector paths
       for (index_t d = 0; d < 4 * quads; ++d)
-        acc += static_cast<std::uint32_t>(q[g].q16[d] * int(blk[(d / 4) * 64 + t * 4 + d % 4]));
+        acc += static_cast<std::uint32_t>(q[g].q16[d] * int(blk[int8_keys::offset(t, d)]));
       const auto dot = static_cast<std::int32_t>(acc - static_cast<std::uint32_t>(q[g].offset));
       out[g][t] = float(dot) * kscale[t] * q[g].scale;
     }
