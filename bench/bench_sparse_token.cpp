@@ -6,6 +6,7 @@
 //   sparse.tokenselect/S2/f32/k2048         TokenSelect step (selection-cache miss; hit_ms)
 //   sparse.hip/S2/f32/k2048                 HiP decode (mask per KV group)
 //   sparse.hip/S2/f32/k2048/search_bf16     the same, searching a bf16 copy of the keys
+//   sparse.hip/S2/f32/k2048/search_int8     the same, searching an int8 copy (int8_row_keys)
 //   sparse.hip/H1/f32/{8K,16K,32K}          HiP prefill, k 512 (ratio = time / time at L/2)
 //   sparse.hyper/H1/f32/{8K,16K,32K}        HyperAttention, causal
 // Every row reports speedup over dense attention timed once per process per shape, recall
@@ -304,8 +305,22 @@ view4<const bf16> s2_bf16_keys() {
   return bshd(copy.data(), p.batch, p.seq_k, p.heads_kv, p.dim);
 }
 
-/// HiP decode; the search reads the f32 cache, or its bf16 copy when bf16_search.
-void run_hip_decode(benchmark::State& st, bool bf16_search) {
+/// An int8 copy of S2's keys, one row per token (HiP's search copy), built once.
+const sparse::int8_row_keys& s2_int8_row_keys() {
+  static sparse::int8_row_keys copy;
+  problem<float>& p = s2_problem<float>();
+  if (copy.batch() == 0) {
+    copy.reshape(p.batch, p.seq_k, p.heads_kv, p.dim);
+    copy.store(p.k());
+  }
+  return copy;
+}
+
+/// What HiP's decode search reads: the f32 cache itself, or a copy kept beside it.
+enum class search_keys { cache, bf16_copy, int8_copy };
+
+/// HiP decode; the search reads `keys`, attention the f32 cache.
+void run_hip_decode(benchmark::State& st, search_keys keys) {
   problem<float>& p = s2_problem<float>();
   sparse::hip_params hp;
   hp.k = 2048;
@@ -315,11 +330,14 @@ void run_hip_decode(benchmark::State& st, bool bf16_search) {
   hp.scratch = &sel;
   sparse::token_list_buffer lists;
   std::vector<float> lse;
-  const view4<const bf16> search_keys = bf16_search ? s2_bf16_keys() : view4<const bf16>{};
   auto select = [&] {
-    if (bf16_search) sparse::hip_select(p.q(), search_keys, lists, hp);
-    else sparse::hip_select(p.q(), p.k(), lists, hp);
+    switch (keys) {
+      case search_keys::cache: sparse::hip_select(p.q(), p.k(), lists, hp); break;
+      case search_keys::bf16_copy: sparse::hip_select(p.q(), s2_bf16_keys(), lists, hp); break;
+      case search_keys::int8_copy: sparse::hip_select(p.q(), s2_int8_row_keys(), lists, hp); break;
+    }
   };
+  select();  // builds the copy outside the timed runs
   auto run = [&](const view3<float>& l) {
     select();
     sparse::gather_attention(p.q(), p.k(), p.v(), p.o(), lists.view(), hp.gather(l, &gat));
@@ -408,9 +426,11 @@ const bool registered = [] {
     run_topk_int8(st, sparse::list_owner::kv_head);
   });
   add("sparse.tokenselect/S2/f32/k2048", run_tokenselect);
-  add("sparse.hip/S2/f32/k2048", [](benchmark::State& st) { run_hip_decode(st, false); });
+  add("sparse.hip/S2/f32/k2048", [](benchmark::State& st) { run_hip_decode(st, search_keys::cache); });
   add("sparse.hip/S2/f32/k2048/search_bf16",
-      [](benchmark::State& st) { run_hip_decode(st, true); });
+      [](benchmark::State& st) { run_hip_decode(st, search_keys::bf16_copy); });
+  add("sparse.hip/S2/f32/k2048/search_int8",
+      [](benchmark::State& st) { run_hip_decode(st, search_keys::int8_copy); });
   for (index_t len : {8192, 16384, 32768}) {
     const std::string tag = std::to_string(len / 1024) + "K";
     add("sparse.hip/H1/f32/" + tag, [len](benchmark::State& st) { run_hip_prefill(st, len); });

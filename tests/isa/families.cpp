@@ -17,6 +17,8 @@ void instantiate_families(const view4<const float>& q, const view4<const float>&
   const sparse::int8_keys keys(1, 16, 1, 4);
   sparse::topk_int8_select(q, keys, lists);
   sparse::hip_attention(q, k, v, o, lists);
+  const sparse::int8_row_keys row_keys(1, 16, 1, 4);
+  sparse::hip_select(q, row_keys, lists);
   linear_attention(q, k, v, o);
   mala_attention(q, k, v, o);
   sink::gated_attention(q, k, v, o, gate, p);

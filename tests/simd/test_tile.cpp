@@ -1,9 +1,9 @@
 // simd::scores_to_rows: the key-major to row-major copy used by token selection, against a
 // direct transposition, over shapes that cover the register blocks and both edges.
 // simd::qk_bcast_max: each gathered key's maximum score over the query rows, against double
-// dot products, for float and bf16 rows and key counts around the register block.
+// dot products, for float, bf16 and int8 rows and key counts around the register block.
 // simd::reduce_sum_rows (lane i = sum of row i; xsimd 8.1's AVX-512 haddp permutes lanes) and
-// simd::qk_dot (decode scores for every row packing) against double sums.
+// simd::qk_dot (decode scores for every row packing; float and int8 rows) against double sums.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "attend/core/dtype.hpp"
@@ -38,7 +39,24 @@ TEST(ReduceSumRows, LaneIHoldsTheSumOfRowI) {
   }
 }
 
-template <int RP>
+/// A random key element: uniform in [-1, 1] for float types, a whole code for int8 (the codes
+/// of a quantised key copy, widened in registers).
+template <class KV>
+KV random_key(std::mt19937& rng) {
+  if constexpr (std::is_same_v<KV, std::int8_t>) {
+    return static_cast<std::int8_t>(std::uniform_int_distribution<int>(-128, 127)(rng));
+  } else {
+    return from_float<KV>(std::uniform_real_distribution<float>(-1.0f, 1.0f)(rng));
+  }
+}
+
+template <class KV>
+double key_value(KV x) {
+  if constexpr (std::is_same_v<KV, std::int8_t>) return double(x);
+  else return double(to_float(x));
+}
+
+template <int RP, class KV = float>
 void check_qk_dot() {
   std::mt19937 rng(11 + RP);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -48,18 +66,22 @@ void check_qk_dot() {
       std::vector<float> q(static_cast<std::size_t>(RP * dk), 0.0f);
       for (index_t r = 0; r < rows; ++r)
         for (index_t d = 0; d < dk; ++d) q[r * dk + d] = u(rng);
-      std::vector<float> keys(static_cast<std::size_t>(count * dk));
-      for (auto& x : keys) x = u(rng);
-      std::vector<const float*> krows(static_cast<std::size_t>(count));
+      std::vector<KV> keys(static_cast<std::size_t>(count * dk));
+      for (auto& x : keys) x = random_key<KV>(rng);
+      std::vector<const KV*> krows(static_cast<std::size_t>(count));
       for (index_t j = 0; j < count; ++j) krows[j] = keys.data() + j * dk;
       const index_t ld = RP;
       std::vector<float> st(static_cast<std::size_t>(count * ld), 0.0f);
       simd::qk_dot<arch, RP>(krows.data(), count, q.data(), rows, dk, st.data(), ld);
       for (index_t j = 0; j < count; ++j)
         for (index_t r = 0; r < rows; ++r) {
-          double want = 0.0;
-          for (index_t d = 0; d < dk; ++d) want += double(q[r * dk + d]) * keys[j * dk + d];
-          EXPECT_NEAR(st[j * ld + r], want, 1e-4) << "RP " << RP << " dk " << dk << " key " << j;
+          double want = 0.0, size = 0.0;
+          for (index_t d = 0; d < dk; ++d) {
+            want += double(q[r * dk + d]) * key_value(keys[j * dk + d]);
+            size += std::abs(double(q[r * dk + d]) * key_value(keys[j * dk + d]));
+          }
+          EXPECT_NEAR(st[j * ld + r], want, 1e-4 * std::max(1.0, size / double(dk)))
+              << "RP " << RP << " dk " << dk << " key " << j;
         }
     }
 }
@@ -70,6 +92,11 @@ TEST(QkDot, EqualsDoubleDotProductsForEveryRowPacking) {
   check_qk_dot<4>();
   check_qk_dot<8>();
   check_qk_dot<static_cast<int>(simd::lanes<arch>)>();  // one key per register
+}
+
+TEST(QkDot, WidensInt8Codes) {
+  check_qk_dot<1, std::int8_t>();
+  check_qk_dot<4, std::int8_t>();
 }
 
 TEST(ScoresToRows, EqualsTransposeWithNanAsMinusInfinity) {
@@ -107,7 +134,7 @@ void check_row_maxima() {
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   const index_t dk = 40, cache_rows = 97;
   std::vector<KV> cache(static_cast<std::size_t>(cache_rows * dk));
-  for (auto& x : cache) x = from_float<KV>(u(rng));
+  for (auto& x : cache) x = random_key<KV>(rng);
   for (index_t rows : {1, 3, 16, 21, 40})
     for (index_t count : {1, 5, 6, 7, 13, 50}) {
       const index_t ld = (rows + w - 1) / w * w;
@@ -124,20 +151,24 @@ void check_row_maxima() {
       std::vector<float> best(static_cast<std::size_t>(count), 99.0f);
       simd::qk_bcast_max<Arch>(krows.data(), count, qa, ld, dk, kf.data(), best.data());
       for (index_t j = 0; j < count; ++j) {
-        double expect = -1e30;
+        double expect = -1e30, size = 0;
         for (index_t r = 0; r < rows; ++r) {
           double dot = 0;
-          for (index_t d = 0; d < dk; ++d)
-            dot += double(q[r * dk + d]) * double(to_float(krows[j][d]));
+          for (index_t d = 0; d < dk; ++d) {
+            dot += double(q[r * dk + d]) * key_value(krows[j][d]);
+            size = std::max(size, std::abs(double(q[r * dk + d]) * key_value(krows[j][d])));
+          }
           expect = std::max(expect, dot);
         }
-        EXPECT_NEAR(best[j], expect, 1e-5) << "rows " << rows << " count " << count << " j " << j;
+        EXPECT_NEAR(best[j], expect, 1e-5 * std::max(1.0, size))
+            << "rows " << rows << " count " << count << " j " << j;
       }
     }
 }
 
 TEST(QkBcastMax, EachKeysMaximumOverTheRows) { check_row_maxima<float>(); }
 TEST(QkBcastMax, NarrowRowsAreWidened) { check_row_maxima<bf16>(); }
+TEST(QkBcastMax, Int8CodesAreWidened) { check_row_maxima<std::int8_t>(); }
 
 }  // namespace
 }  // namespace attend

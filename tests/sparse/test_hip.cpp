@@ -1,7 +1,10 @@
 // HiP: the tree search equals a straightforward re-implementation of the card's algorithm
-// (integer-valued inputs, so float scores are exact and ties are decided the same way), finds
-// planted needles, and hip_attention equals the oracle over its lists.
+// (integer-valued inputs, so float scores are exact and ties are decided the same way; on an
+// int8 copy, scale * an exact integer), finds planted needles, and hip_attention equals the
+// oracle over its lists.
 #include <gtest/gtest.h>
+
+#include <functional>
 
 #include "attend/sparse/hierarchical.hpp"
 #include "token_oracle.hpp"
@@ -14,9 +17,12 @@ using sparse::list_owner;
 /// The card's search, written plainly: nodes split in halves, each half scored by its first
 /// block (max over the owner's heads, the block's selected queries and the block's keys), the
 /// m best halves kept (ties: the earlier), until every node is one block.
+/// With key_scale (an int8 copy: k holds its codes), a key's score is key_scale(b, t, kv) * q . k.
+using key_scale_fn = std::function<double(index_t, index_t, index_t)>;
 std::vector<index_t> brute_hip(const view4<float>& q, const view4<float>& k, index_t b,
                                index_t h0, index_t h1, const std::vector<index_t>& queries,
-                               index_t s0, index_t s1, index_t kk, index_t bk) {
+                               index_t s0, index_t s1, index_t kk, index_t bk,
+                               const key_scale_fn& key_scale = {}) {
   const index_t n = s1 - s0, m = (kk + bk - 1) / bk, blocks = (n + bk - 1) / bk;
   const index_t group = q.extent(2) / k.extent(2), d = q.extent(3);
   std::vector<index_t> out;
@@ -32,6 +38,7 @@ std::vector<index_t> brute_hip(const view4<float>& q, const view4<float>& k, ind
         for (index_t t = s0 + start * bk; t < std::min(s1, s0 + (start + 1) * bk); ++t) {
           double s = 0;
           for (index_t c = 0; c < d; ++c) s += double(q(b, i, h, c)) * double(k(b, t, h / group, c));
+          if (key_scale) s *= key_scale(b, t, h / group);
           best = std::max(best, s);
         }
     return best;
@@ -67,13 +74,18 @@ std::vector<index_t> brute_hip(const view4<float>& q, const view4<float>& k, ind
   return out;
 }
 
+/// What the search reads. bf16: small integers are exact, so the brute force on the float keys
+/// still rules. int8 copy: an int8_row_keys copy; the brute force scores its codes times its
+/// scales.
+enum hip_keys { keys_f32, keys_bf16, keys_int8_copy };
+
 struct hip_case {
   index_t batch, seq_q, seq_k, heads_q, heads_kv;
   list_owner owner;
   index_t k, block_q, block_k, sinks, window, stride;
   bool ragged;
   index_t d = 16;
-  bool bf16_keys = false;  // small integers: exact in bf16, so the brute force (float) still rules
+  hip_keys keys = keys_f32;
 };
 
 void check_search(const hip_case& c, unsigned seed) {
@@ -96,11 +108,30 @@ void check_search(const hip_case& c, unsigned seed) {
   p.owner = c.owner;
   if (c.ragged) p.kv_lens = make_view<const index_t>(lens.data(), c.batch);
   sparse::token_list_buffer lists;
-  if (c.bf16_keys) {
+  sparse::int8_row_keys copy;
+  key_scale_fn key_scale;
+  if (c.keys == keys_bf16) {
     auto kb = tensor<bf16, 4>::make({c.batch, c.seq_k, c.heads_kv, d});
     for (std::size_t i = 0; i < k.storage.size(); ++i)
       kb.storage[i] = from_float<bf16>(k.storage[i]);
     sparse::hip_select(q.view, kb.view, lists, p);
+  } else if (c.keys == keys_int8_copy) {
+    // Rows times 1, 2, 4 or 8: scales differ by token (and stay exact multiples of 1 / 127).
+    std::uniform_int_distribution<int> octave(0, 3);
+    for (index_t b = 0; b < c.batch; ++b)
+      for (index_t t = 0; t < c.seq_k; ++t)
+        for (index_t h = 0; h < c.heads_kv; ++h) {
+          const float f = float(1 << octave(rng));
+          for (index_t e = 0; e < d; ++e) k.view(b, t, h, e) *= f;
+        }
+    copy.reshape(c.batch, c.seq_k, c.heads_kv, d);
+    copy.store(k.view);
+    for (index_t b = 0; b < c.batch; ++b)  // the brute force scores the codes
+      for (index_t t = 0; t < c.seq_k; ++t)
+        for (index_t h = 0; h < c.heads_kv; ++h)
+          for (index_t e = 0; e < d; ++e) k.view(b, t, h, e) = float(copy.row(b, t, h)[e]);
+    key_scale = [&](index_t b, index_t t, index_t h) { return double(*copy.scale(b, t, h)); };
+    sparse::hip_select(q.view, copy, lists, p);
   } else {
     sparse::hip_select(q.view, k.view, lists, p);
   }
@@ -118,7 +149,8 @@ void check_search(const hip_case& c, unsigned seed) {
         const index_t h1 = c.owner == list_owner::q_head ? o + 1
                            : c.owner == list_owner::layer ? c.heads_q
                                                           : h0 + group;
-        const auto want = brute_hip(q.view, k.view, b, h0, h1, sel, s0, s1, c.k, c.block_k);
+        const auto want =
+            brute_hip(q.view, k.view, b, h0, h1, sel, s0, s1, c.k, c.block_k, key_scale);
         const std::vector<index_t> got(lists.list(b, o, t), lists.list(b, o, t) + lists.count(b, o, t));
         EXPECT_EQ(got, want) << "batch " << b << " owner " << o << " tile " << t;
       }
@@ -136,10 +168,15 @@ TEST(HipSelect, EqualsTheCardsAlgorithm) {
       {1, 64, 1000, 2, 2, list_owner::q_head, 256, 16, 1, 0, 128, 1, false},
       // Broadcast and dot kernels over a head dim with a partial cache line, bf16 keys, and
       // one list per layer (rows of two KV heads).
-      {1, 70, 900, 4, 2, list_owner::kv_head, 64, 14, 2, 0, 16, 1, false, 40, true},
-      {1, 1, 1200, 4, 2, list_owner::kv_head, 64, 1, 2, 0, 16, 1, false, 40, true},
+      {1, 70, 900, 4, 2, list_owner::kv_head, 64, 14, 2, 0, 16, 1, false, 40, keys_bf16},
+      {1, 1, 1200, 4, 2, list_owner::kv_head, 64, 1, 2, 0, 16, 1, false, 40, keys_bf16},
       {1, 64, 700, 4, 2, list_owner::layer, 48, 16, 2, 1, 8, 2, false},
       {1, 1, 900, 4, 2, list_owner::layer, 48, 1, 2, 0, 8, 2, false},
+      // An int8 search copy: both kernels, a partial line, ragged lengths, one list per layer.
+      {1, 70, 900, 4, 2, list_owner::kv_head, 64, 14, 2, 0, 16, 1, false, 40, keys_int8_copy},
+      {2, 1, 1500, 4, 2, list_owner::q_head, 64, 1, 2, 3, 16, 1, true, 40, keys_int8_copy},
+      {1, 1, 1200, 8, 2, list_owner::kv_head, 100, 1, 4, 0, 0, 1, false, 128, keys_int8_copy},
+      {1, 64, 700, 4, 2, list_owner::layer, 48, 16, 2, 1, 8, 2, false, 16, keys_int8_copy},
   };
   unsigned seed = 1200;
   for (const auto& c : cases) {
@@ -194,14 +231,20 @@ TEST(HipSelect, FindsPlantedNeedles) {
             k.view(0, j, hk, c) += prof * (u[(2 * hk) * d + c] + u[(2 * hk + 1) * d + c]) * 4.0f;
       }
     }
-    // The search may read a bf16 copy of the keys kept beside the cache (fewer bytes per
-    // scattered row); attention still reads the f32 keys.
-    auto k_copy = tensor<bf16, 4>::make({1, sk, hkv, d});
+    // The search may read a bf16 or int8 copy of the keys kept beside the cache (fewer bytes
+    // per scattered row); attention still reads the f32 keys.
+    auto k_bf16 = tensor<bf16, 4>::make({1, sk, hkv, d});
     for (std::size_t i = 0; i < k.storage.size(); ++i)
-      k_copy.storage[i] = from_float<bf16>(k.storage[i]);
-    for (auto [owner, search_copy] : {std::pair{list_owner::q_head, false},
-                                      std::pair{list_owner::kv_head, false},
-                                      std::pair{list_owner::kv_head, true}}) {
+      k_bf16.storage[i] = from_float<bf16>(k.storage[i]);
+    sparse::int8_row_keys k_int8(1, sk, hkv, d);
+    k_int8.store(k.view);
+    enum search_keys { cache, bf16_copy, int8_copy };
+    const char* const copy_name[] = {"", ", bf16 search copy", ", int8 search copy"};
+    for (auto [owner, search_copy] : {std::pair{list_owner::q_head, cache},
+                                      std::pair{list_owner::kv_head, cache},
+                                      std::pair{list_owner::kv_head, bf16_copy},
+                                      std::pair{list_owner::q_head, int8_copy},
+                                      std::pair{list_owner::kv_head, int8_copy}}) {
       sparse::hip_params p;
       p.k = 256;
       p.block_q = sq == 1 ? 1 : 32;
@@ -209,11 +252,12 @@ TEST(HipSelect, FindsPlantedNeedles) {
       sparse::token_list_buffer lists;
       auto o = tensor<float, 4>::make({1, sq, hq, d});
       auto lse = tensor<float, 3>::make({1, hq, sq});
-      if (search_copy) {
-        sparse::hip_select(q.view, k_copy.view, lists, p);
-        sparse::gather_attention(q.view, k.view, v.view, o.view, lists.view(), p.gather(lse.view));
-      } else {
+      if (search_copy == cache) {
         sparse::hip_attention(q.view, k.view, v.view, o.view, lists, p, lse.view);
+      } else {
+        if (search_copy == bf16_copy) sparse::hip_select(q.view, k_bf16.view, lists, p);
+        else sparse::hip_select(q.view, k_int8, lists, p);
+        sparse::gather_attention(q.view, k.view, v.view, o.view, lists.view(), p.gather(lse.view));
       }
       const index_t last = lists.tiles() - 1;
       for (index_t w = 0; w < lists.owners(); ++w) {
@@ -222,7 +266,7 @@ TEST(HipSelect, FindsPlantedNeedles) {
         for (index_t c0 : centres)
           EXPECT_TRUE(std::binary_search(l, l + n, c0))
               << "needle at " << c0 << " missed (owner " << w << ", seq_q " << sq
-              << (search_copy ? ", bf16 search copy)" : ")");
+              << copy_name[search_copy] << ")";
       }
       // The found keys hold (nearly) as much attention mass as the exact top-k of the same
       // budget: mass ratio = exp(lse_hip - lse_topk) for the last query.
@@ -240,7 +284,7 @@ TEST(HipSelect, FindsPlantedNeedles) {
       sparse::gather_attention(q_last, k.view, v.view, o1.view, exact.view(), gp);
       for (index_t h = 0; h < hq; ++h)
         EXPECT_GE(std::exp(double(lse.view(0, h, sq - 1)) - double(l1.view(0, h, 0))), 0.95)
-            << h << (search_copy ? " (bf16 search copy)" : "");
+            << h << copy_name[search_copy];
     }
   }
 }
@@ -279,6 +323,17 @@ TEST(HipSelect, RejectsBadParameters) {
   p.block_k = 2;
   p.window = -1;
   EXPECT_THROW(sparse::hip_select(q.view, k.view, lists, p), invalid_argument);
+  // An int8 copy must fit q and hold the keys kv_lens asks for.
+  p.window = 0;
+  sparse::int8_row_keys copy(1, 100, 1, 16);
+  copy.store(k.view.narrow(1, 0, 60));
+  std::vector<index_t> lens{61};
+  p.kv_lens = make_view<const index_t>(lens.data(), 1);
+  EXPECT_THROW(sparse::hip_select(q.view, copy, lists, p), invalid_argument);
+  lens[0] = 60;
+  EXPECT_NO_THROW(sparse::hip_select(q.view, copy, lists, p));
+  sparse::int8_row_keys wide(1, 100, 1, 32);
+  EXPECT_THROW(sparse::hip_select(q.view, wide, lists, p), invalid_argument);
 }
 
 }  // namespace

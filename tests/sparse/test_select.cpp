@@ -75,6 +75,35 @@ TEST(Int8Keys, RejectsDimensionsItCannotScore) {
   EXPECT_NO_THROW(sparse::int8_keys(1, 16, 1, sparse::int8_keys::max_dim));
 }
 
+TEST(Int8RowKeys, RepresentTheSameValuesAsInt8Keys) {
+  qkv t(2, 1, 77, 4, 3, 64, 11);
+  t.k.view(1, 5, 2, 7) = 40.0f;  // an outlier: that token's other codes become small
+  for (index_t c = 0; c < 64; ++c) t.k.view(0, 9, 1, c) = 0.0f;  // a zero row: scale 0
+  sparse::int8_keys blocked(2, 100, 3, 64);
+  blocked.store(t.k.view);
+  sparse::int8_row_keys rows(2, 90, 3, 64);
+  rows.store(t.k.view.narrow(1, 0, 30));
+  rows.store(t.k.view.narrow(1, 30, 47), 30);  // append
+  EXPECT_EQ(rows.length(0), 77);
+  EXPECT_EQ(rows.length(1), 77);
+  for (index_t b = 0; b < 2; ++b)
+    for (index_t j = 0; j < 77; ++j)
+      for (index_t h = 0; h < 3; ++h)
+        for (index_t c = 0; c < 64; ++c) {
+          ASSERT_EQ(rows.dequantised(b, j, h, c), blocked.dequantised(b, j, h, c))
+              << b << " " << j << " " << h << " " << c;
+          EXPECT_EQ(rows.dequantised(b, j, h, c), *rows.scale(b, j, h) * rows.row(b, j, h)[c]);
+        }
+  EXPECT_EQ(*rows.scale(0, 9, 1), 0.0f);
+  EXPECT_EQ(rows.row(1, 5, 2)[7], 127);
+  EXPECT_THROW(rows.store(t.k.view.narrow(1, 0, 20), 71), attend::invalid_argument);  // > capacity
+  EXPECT_THROW(rows.store(t.q.view), attend::invalid_argument);                      // 4 heads
+  EXPECT_THROW(sparse::int8_row_keys(1, 0, 1, 8), attend::invalid_argument);
+}
+
+static_assert(!std::is_copy_constructible_v<sparse::int8_row_keys> &&
+              std::is_nothrow_move_constructible_v<sparse::int8_row_keys>);
+
 /// The int8 selection is the top-k of q . dequantised(k) (up to the int16 query rounding).
 void int8_case(index_t sq, index_t sk, index_t hq, index_t hkv, list_owner owner, index_t kk,
                index_t qb, index_t sinks, index_t window, unsigned seed,

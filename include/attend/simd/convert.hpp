@@ -1,7 +1,8 @@
-// In-register conversion of storage types: load<Arch>(p) turns W floats, bf16s or fp16s at p into
-// one fp32 register (bf16 is a zero-extend and a shift; fp16 uses F16C where the target has it),
-// store<Arch>(p, x) rounds back. Kernels stream K/V through these, so a bf16 cache is never
-// widened in a separate pass. The bulk `attend::convert` at the bottom uses the same functions.
+// In-register conversion of storage types: load<Arch>(p) turns W floats, bf16s or fp16s (or the
+// int8 codes of a quantised key copy) at p into one fp32 register (bf16 is a zero-extend and a
+// shift; fp16 uses F16C where the target has it), store<Arch>(p, x) rounds back. Kernels stream
+// K/V through these, so a bf16 cache is never widened in a separate pass. The bulk
+// `attend::convert` at the bottom uses the same functions.
 #ifndef ATTEND_SIMD_CONVERT_HPP_
 #define ATTEND_SIMD_CONVERT_HPP_
 
@@ -13,7 +14,8 @@ namespace attend::simd {
 /// Scalar load of one element as float (used for broadcasts and tails).
 template <class T>
 ATTEND_INLINE float load_scalar(const T* p) noexcept {
-  return to_float(*p);
+  if constexpr (std::is_same_v<T, std::int8_t>) return static_cast<float>(*p);
+  else return to_float(*p);
 }
 
 /// Loads lanes<Arch> consecutive elements of type T (unaligned) as floats.
@@ -39,6 +41,17 @@ ATTEND_INLINE vfloat<Arch> load(const T* p) noexcept {
       const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
       return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h));
     }
+  } else if constexpr (std::is_same_v<T, std::int8_t>) {  // quantised keys (scale applied later)
+#if defined(__AVX512F__)
+    if constexpr (is_avx512<Arch>)
+      return _mm512_cvtepi32_ps(
+          _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#endif
+#if defined(__AVX2__)
+    if constexpr (!is_avx512<Arch> && is_avx2<Arch>)
+      return _mm256_cvtepi32_ps(
+          _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+#endif
   } else if constexpr (std::is_same_v<T, fp16>) {
 #if defined(__AVX512F__)
     if constexpr (is_avx512<Arch>)
@@ -53,7 +66,7 @@ ATTEND_INLINE vfloat<Arch> load(const T* p) noexcept {
   }
   // Targets without a conversion instruction: widen through a small aligned buffer.
   alignas(64) float tmp[V::size];
-  for (std::size_t i = 0; i < V::size; ++i) tmp[i] = to_float(p[i]);
+  for (std::size_t i = 0; i < V::size; ++i) tmp[i] = load_scalar(p + i);
   return V::load_aligned(tmp);
 }
 

@@ -24,9 +24,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <type_traits>
+#include <utility>
 
 #include "../core/parallel.hpp"
 #include "../core/validate.hpp"
@@ -34,6 +36,7 @@
 #include "../engine/flash.hpp"
 #include "gather.hpp"
 #include "select/common.hpp"
+#include "select/int8_row_keys.hpp"
 #include "select/topk.hpp"
 #include "token_lists.hpp"
 
@@ -184,6 +187,28 @@ void hip_dot_max(const hip_rows& hr, const float* q, index_t rows, index_t dk, i
   }
 }
 
+/// The rows of an int8_row_keys copy: codes widened by the kernels, scales applied per key.
+struct int8_search_rows {
+  const int8_row_keys* keys = nullptr;
+  const index_t* lens = nullptr;
+
+  index_t heads() const noexcept { return keys->heads(); }
+  index_t length(index_t b) const noexcept { return lens ? lens[b] : keys->length(b); }
+  const std::int8_t* k_row(index_t b, index_t pos, index_t h) const noexcept {
+    return keys->row(b, pos, h);
+  }
+  const float* k_scale(index_t b, index_t pos, index_t h) const noexcept {
+    return keys->scale(b, pos, h);
+  }
+};
+
+/// True for rows whose keys carry a scale (k_scale): a quantised copy.
+template <class Rows, class = void>
+struct has_key_scales : std::false_type {};
+template <class Rows>
+struct has_key_scales<Rows, std::void_t<decltype(std::declval<const Rows&>().k_scale(0, 0, 0))>>
+    : std::true_type {};
+
 /// Scores the representatives of children rep[0, nrep): cscore[child] = max over the rows and
 /// the representative's keys of q . k (simd::qk_bcast_max over the gathered key rows).
 template <class Arch, index_t DK, class KV, class Rows>
@@ -200,15 +225,21 @@ void hip_score(const Rows& rows, const hip_rows& hr, index_t b, index_t s0, inde
     }
   }
   const index_t dk = hr.q.extent(3);
+  constexpr bool scaled = has_key_scales<Rows>::value;
   index_t slot = 0;
   for (index_t kv = hr.h0 / hr.group; kv * hr.group < hr.h1 && nkeys > 0; ++kv, ++slot) {
-    for (index_t j = 0; j < nkeys; ++j) ws.krow[j] = rows.k_row(b, ws.keys[j], kv);
+    for (index_t j = 0; j < nkeys; ++j) {
+      ws.krow[j] = rows.k_row(b, ws.keys[j], kv);
+      if constexpr (scaled) __builtin_prefetch(rows.k_scale(b, ws.keys[j], kv));  // read below
+    }
     const float* q = ws.qt + slot * dk * hr.ld;
     if (hr.dot) hip_dot_max<Arch, DK>(hr, q, hr.of_kv(kv).second, dk, nkeys, ws);
     else simd::qk_bcast_max<Arch, DK>(ws.krow, nkeys, q, hr.ld, dk, ws.kf, ws.kbest);
     for (index_t j = 0; j < nkeys; ++j) {  // branch-free: the winners are unpredictable
+      float best = ws.kbest[j];
+      if constexpr (scaled) best *= *rows.k_scale(b, ws.keys[j], kv);  // >= 0: keeps the max
       float& cs = ws.cscore[ws.key_child[j]];
-      cs = ws.kbest[j] > cs ? ws.kbest[j] : cs;  // NaN never wins
+      cs = best > cs ? best : cs;  // NaN never wins
     }
   }
 }
@@ -361,6 +392,24 @@ void hip_select(const tensor_view<TQ, 4>& q, const tensor_view<TK, 4>& k, token_
   attend::detail::dispatch_head_dims(qc.extent(3), qc.extent(3), [&](auto kdk, auto) {
     constexpr index_t DK = decltype(kdk)::value;
     detail::hip_select_rows<xsimd::default_arch, DK, KV>(qc, rows, out, p);
+  });
+}
+
+/// HiP selection scored on an int8 copy of the keys (int8_row_keys): the search gathers a quarter
+/// of the bytes of fp32 keys; each representative's score is scale * (q . int8). Candidates run to
+/// p.kv_lens[b] if given, else keys.length(b). Attend with gather_attention on the real cache.
+template <class TQ>
+void hip_select(const tensor_view<TQ, 4>& q, const int8_row_keys& keys, token_list_buffer& out,
+                const hip_params& p = {}) {
+  static_assert(std::is_same_v<std::remove_const_t<TQ>, float>, "q must be float");
+  constexpr const char* op = "attend::sparse::hip_select";
+  const view4<const float> qc = q;
+  detail::validate_int8_copy(op, qc, keys, p.kv_lens);
+  detail::validate_hip_params(op, p);
+  const detail::int8_search_rows rows{&keys, p.kv_lens.has_value() ? p.kv_lens.data() : nullptr};
+  attend::detail::dispatch_head_dims(qc.extent(3), qc.extent(3), [&](auto kdk, auto) {
+    constexpr index_t DK = decltype(kdk)::value;
+    detail::hip_select_rows<xsimd::default_arch, DK, std::int8_t>(qc, rows, out, p);
   });
 }
 

@@ -14,6 +14,7 @@
 #include "select/dhsa.hpp"
 #include "select/flexprefill.hpp"
 #include "select/hyper.hpp"
+#include "select/int8_row_keys.hpp"
 #include "select/lowbit.hpp"
 #include "select/minference.hpp"
 #include "select/moba.hpp"

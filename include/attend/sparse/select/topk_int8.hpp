@@ -24,12 +24,13 @@
 #include "../../core/memory.hpp"
 #include "../../core/parallel.hpp"
 #include "../../core/validate.hpp"
+#include "int8_row_keys.hpp"
 #include "topk.hpp"
 
 namespace attend::sparse {
 
-/// An int8 copy of a key cache [batch, capacity, heads_kv, dim]: k ~= scale(b, t, h) * int8.
-/// Per-token symmetric quantisation: scale = max |k[d]| / 127, int8 = round(k / scale).
+/// An int8 copy of a key cache [batch, capacity, heads_kv, dim]: k ~= scale(b, t, h) * int8,
+/// quantised per token as int8_row_keys (detail::quantise_keys_int8), laid out for scans.
 class int8_keys {
  public:
   static constexpr index_t block = 16;  // tokens per block
@@ -71,35 +72,17 @@ class int8_keys {
   template <class TK>
   void store(const tensor_view<TK, 4>& k, index_t pos0 = 0) {
     using KV = std::remove_const_t<TK>;
-    static_assert(is_storage_type_v<KV>, "keys must be float, bf16 or fp16");
-    constexpr const char* op = "attend::sparse::int8_keys::store";
     const view4<const KV> kc = k;
-    attend::detail::check_tensor(op, "k", kc);
-    attend::detail::check_extents(op, "k", kc, {batch_, kc.extent(1), heads_, dim_});
-    ATTEND_CHECK(pos0 >= 0 && pos0 + kc.extent(1) <= capacity_, op, ": positions [", pos0, ", ",
-                 pos0 + kc.extent(1), ") exceed the capacity (", capacity_, ")");
-    const index_t n = kc.extent(1);
-    attend::detail::parallel_for(batch_ * heads_, attend::detail::max_threads(), [&](index_t bh,
-                                                                                      int) {
-      const index_t b = bh / heads_, h = bh % heads_;
-      for (index_t t = 0; t < n; ++t) {
-        const KV* src = kc.data() + kc.offset(b, t, h, 0);
-        float amax = 0.0f;
-        for (index_t d = 0; d < dim_; ++d) amax = std::max(amax, std::abs(to_float(src[d])));
-        const index_t pos = pos0 + t;
-        const float scale = amax / 127.0f;
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        scales_[static_cast<std::size_t>((b * heads_ + h) * capacity_ + pos)] = scale;
-        std::uint8_t* blk = block_data(b, h, pos / block);
-        const index_t slot = pos % block;
-        for (index_t d = 0; d < dim_; ++d) {
-          const float x = std::clamp(std::nearbyint(to_float(src[d]) * inv), -127.0f, 127.0f);
-          blk[offset(slot, d)] = static_cast<std::uint8_t>(static_cast<int>(x) + 128);
-        }
-      }
-    });
+    detail::quantise_keys_int8(
+        "attend::sparse::int8_keys::store", kc, batch_, heads_, dim_, capacity_, pos0,
+        [&](index_t b, index_t h, index_t pos, float scale, const std::int8_t* codes) {
+          scales_[static_cast<std::size_t>((b * heads_ + h) * capacity_ + pos)] = scale;
+          std::uint8_t* blk = block_data(b, h, pos / block);
+          for (index_t d = 0; d < dim_; ++d)
+            blk[offset(pos % block, d)] = static_cast<std::uint8_t>(codes[d] + 128);
+        });
     for (index_t b = 0; b < batch_; ++b)
-      lengths_[static_cast<std::size_t>(b)] = std::max(length(b), pos0 + n);
+      lengths_[static_cast<std::size_t>(b)] = std::max(length(b), pos0 + kc.extent(1));
   }
 
   index_t batch() const noexcept { return batch_; }
@@ -382,19 +365,8 @@ void topk_int8_select(const tensor_view<TQ, 4>& q, const int8_keys& keys, token_
   static_assert(std::is_same_v<std::remove_const_t<TQ>, float>, "q must be float");
   constexpr const char* op = "attend::sparse::topk_int8_select";
   const view4<const float> qc = q;
-  detail::check_tensor(op, "q", qc);
   detail::validate_topk_params(op, p);
-  ATTEND_CHECK(keys.batch() == qc.extent(0) && keys.dim() == qc.extent(3) &&
-                   qc.extent(2) % keys.heads() == 0,
-               op, ": int8 keys (batch ", keys.batch(), ", heads ", keys.heads(), ", dim ",
-               keys.dim(), ") do not fit q ", detail::shape_string(qc));
-  if (p.kv_lens.has_value()) {
-    detail::check_tensor(op, "kv_lens", p.kv_lens);
-    detail::check_extents(op, "kv_lens", p.kv_lens, {qc.extent(0)});
-    for (index_t b = 0; b < qc.extent(0); ++b)
-      ATTEND_CHECK(p.kv_lens(b) >= 0 && p.kv_lens(b) <= keys.length(b), op, ": kv_lens[", b,
-                   "] = ", p.kv_lens(b), " exceeds the stored keys (", keys.length(b), ")");
-  }
+  detail::validate_int8_copy(op, qc, keys, p.kv_lens);
   detail::select_int8<xsimd::default_arch>(qc, keys, p.kv_lens.has_value() ? p.kv_lens.data() : nullptr,
                                            out, detail::spec_of(p, qc.extent(3)), p.scratch);
 }
