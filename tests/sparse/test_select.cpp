@@ -3,6 +3,7 @@
 // they change, full / recycled steps equal their oracles.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <type_traits>
 
 #include "attend/sparse/select/recycled.hpp"
@@ -79,6 +80,7 @@ TEST(Int8RowKeys, RepresentTheSameValuesAsInt8Keys) {
   qkv t(2, 1, 77, 4, 3, 64, 11);
   t.k.view(1, 5, 2, 7) = 40.0f;  // an outlier: that token's other codes become small
   for (index_t c = 0; c < 64; ++c) t.k.view(0, 9, 1, c) = 0.0f;  // a zero row: scale 0
+  t.k.view(1, 3, 0, 5) = std::numeric_limits<float>::quiet_NaN();  // ignored, code 0
   sparse::int8_keys blocked(2, 100, 3, 64);
   blocked.store(t.k.view);
   sparse::int8_row_keys rows(2, 90, 3, 64);
@@ -95,6 +97,11 @@ TEST(Int8RowKeys, RepresentTheSameValuesAsInt8Keys) {
           EXPECT_EQ(rows.dequantised(b, j, h, c), *rows.scale(b, j, h) * rows.row(b, j, h)[c]);
         }
   EXPECT_EQ(*rows.scale(0, 9, 1), 0.0f);
+  EXPECT_EQ(rows.row(1, 3, 0)[5], 0);
+  float amax = 0.0f;  // of the NaN row's other elements
+  for (index_t c = 0; c < 64; ++c)
+    if (c != 5) amax = std::max(amax, std::abs(t.k.view(1, 3, 0, c)));
+  EXPECT_EQ(*rows.scale(1, 3, 0), amax / 127.0f);
   EXPECT_EQ(rows.row(1, 5, 2)[7], 127);
   EXPECT_THROW(rows.store(t.k.view.narrow(1, 0, 20), 71), attend::invalid_argument);  // > capacity
   EXPECT_THROW(rows.store(t.q.view), attend::invalid_argument);                      // 4 heads

@@ -17,6 +17,9 @@
 // Representatives are scored over the gathered key rows by simd::qk_bcast_max (row maxima of a
 // broadcast GEMM) or, for decode's few rows, the dot kernel; the search's queries are packed
 // once per search, not per round.
+// The search may read a narrower copy of the keys kept beside the cache (a bf16 view, or an
+// int8_row_keys copy whose per-token scale multiplies each key's maximum): it is bound by the
+// scattered rows it gathers, so fewer bytes per row make it faster; attention reads the cache.
 // Defaults follow the v1.0 reference (hip_attention): k 512, block_q 32, block_k 2, window 128,
 // reduce_stride 2, max reduction; v1.1's representative is a node's first block (used here).
 #ifndef ATTEND_SPARSE_HIERARCHICAL_HPP_

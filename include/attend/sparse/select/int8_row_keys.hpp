@@ -27,7 +27,8 @@ namespace detail {
 
 /// Quantises k [batch, n, heads, dim] (float, bf16 or fp16) into positions [pos0, pos0 + n) of a
 /// copy of `capacity` tokens, per token and head: put(b, h, pos, scale, codes) receives the scale
-/// (max |k| / 127) and the dim int8 codes round(k / scale) in [-127, 127] (all 0 for a zero row).
+/// (max |k| / 127) and the dim int8 codes round(k / scale) in [-127, 127] (all 0 for a zero row;
+/// NaN elements are ignored by the maximum and get code 0).
 template <class KV, class Put>
 void quantise_keys_int8(const char* op, const view4<const KV>& k, index_t batch, index_t heads,
                         index_t dim, index_t capacity, index_t pos0, Put&& put) {
@@ -46,9 +47,13 @@ void quantise_keys_int8(const char* op, const view4<const KV>& k, index_t batch,
       float amax = 0.0f;
       for (index_t d = 0; d < dim; ++d) amax = std::max(amax, std::abs(to_float(src[d])));
       const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      for (index_t d = 0; d < dim; ++d)
-        codes[static_cast<std::size_t>(d)] = static_cast<std::int8_t>(
-            std::clamp(std::nearbyint(to_float(src[d]) * inv), -127.0f, 127.0f));
+      for (index_t d = 0; d < dim; ++d) {
+        const float x = std::nearbyint(to_float(src[d]) * inv);
+        // NaN (a NaN key, or an infinite one times inv = 0) becomes code 0: converting it to
+        // an integer would be undefined.
+        codes[static_cast<std::size_t>(d)] =
+            static_cast<std::int8_t>(x == x ? std::clamp(x, -127.0f, 127.0f) : 0.0f);
+      }
       put(b, h, pos0 + t, amax / 127.0f, codes.data());
     }
   });
