@@ -1,4 +1,5 @@
-// Per-token int8 quantisation of keys, shared by the two int8 key copies:
+// Per-token int8 quantisation of keys, shared by the two int8 key copies (their shape, scales,
+// lengths and quantising store are detail::int8_copy_base):
 //   int8_keys      (topk_int8.hpp) blocks of 16 tokens, for scans that score every key;
 //   int8_row_keys  (here) one row per token, for searches that gather scattered keys (HiP).
 // Both quantise the same way (scale = max |k[d]| / 127, code = round(k / scale)), so they
@@ -77,12 +78,57 @@ void validate_int8_copy(const char* op, const view4<const float>& q, const Keys&
                  kv_lens(b), " exceeds the stored keys (", keys.length(b), ")");
 }
 
+/// What the two int8 key copies share: the shape, the per-token scales [batch][heads][capacity],
+/// the stored lengths, and the quantising store. The derived copy lays out the codes.
+class int8_copy_base {
+ public:
+  index_t batch() const noexcept { return batch_; }
+  index_t heads() const noexcept { return heads_; }
+  index_t dim() const noexcept { return dim_; }
+  index_t capacity() const noexcept { return capacity_; }
+  /// Tokens stored so far in sequence b (the largest stored position + 1).
+  index_t length(index_t b) const noexcept { return lengths_[static_cast<std::size_t>(b)]; }
+
+ protected:
+  /// Sets the shape (checked by the caller); zero scales, no tokens stored.
+  void set_shape(index_t batch, index_t capacity, index_t heads, index_t dim) {
+    batch_ = batch;
+    heads_ = heads;
+    dim_ = dim;
+    capacity_ = capacity;
+    scales_.assign(static_cast<std::size_t>(batch * heads * capacity), 0.0f);
+    lengths_.assign(static_cast<std::size_t>(batch), 0);
+  }
+  /// Index of (b, h, pos) in the scales: (b * heads + h) * capacity + pos.
+  index_t token(index_t b, index_t h, index_t pos) const noexcept {
+    return (b * heads_ + h) * capacity_ + pos;
+  }
+  /// Quantises k into positions [pos0, pos0 + n), storing the scales here and handing each
+  /// token's codes to put_codes(b, h, pos, codes); extends the lengths.
+  template <class TK, class PutCodes>
+  void quantise(const char* op, const tensor_view<TK, 4>& k, index_t pos0, PutCodes&& put_codes) {
+    using KV = std::remove_const_t<TK>;
+    const view4<const KV> kc = k;
+    auto put = [&](index_t b, index_t h, index_t pos, float scale, const std::int8_t* codes) {
+      scales_[static_cast<std::size_t>(token(b, h, pos))] = scale;
+      put_codes(b, h, pos, codes);
+    };
+    quantise_keys_int8(op, kc, batch_, heads_, dim_, capacity_, pos0, put);
+    for (index_t b = 0; b < batch_; ++b)
+      lengths_[static_cast<std::size_t>(b)] = std::max(length(b), pos0 + kc.extent(1));
+  }
+
+  cache_vector<float> scales_;
+  std::vector<index_t> lengths_;
+  index_t batch_ = 0, heads_ = 0, dim_ = 0, capacity_ = 0;
+};
+
 }  // namespace detail
 
 /// An int8 copy of a key cache [batch, capacity, heads_kv, dim], one row per token:
 /// k ~= scale(b, t, h) * int8. For searches that gather scattered keys: HiP's tree search
 /// (hip_select) scores its representatives on it and reads a quarter of the fp32 bytes.
-class int8_row_keys {
+class int8_row_keys : public detail::int8_copy_base {
  public:
   int8_row_keys() = default;
   int8_row_keys(index_t batch, index_t capacity, index_t heads_kv, index_t dim) {
@@ -99,46 +145,27 @@ class int8_row_keys {
     ATTEND_CHECK(batch >= 1 && capacity >= 1 && heads_kv >= 1 && dim >= 1,
                  "attend::sparse::int8_row_keys: need batch, capacity, heads and dim >= 1 (got ",
                  batch, ", ", capacity, ", ", heads_kv, ", ", dim, ")");
-    batch_ = batch;
-    heads_ = heads_kv;
-    dim_ = dim;
-    capacity_ = capacity;
+    set_shape(batch, capacity, heads_kv, dim);
     codes_.assign(static_cast<std::size_t>(batch * heads_kv * capacity * dim), std::int8_t{0});
-    scales_.assign(static_cast<std::size_t>(batch * heads_kv * capacity), 0.0f);
-    lengths_.assign(static_cast<std::size_t>(batch), 0);
   }
 
   /// Quantises k [batch, n, heads_kv, dim] (float, bf16 or fp16) into positions
   /// [pos0, pos0 + n) (append new tokens with pos0 = the current length). Extends length(b).
   template <class TK>
   void store(const tensor_view<TK, 4>& k, index_t pos0 = 0) {
-    using KV = std::remove_const_t<TK>;
-    const view4<const KV> kc = k;
-    detail::quantise_keys_int8(
-        "attend::sparse::int8_row_keys::store", kc, batch_, heads_, dim_, capacity_, pos0,
-        [&](index_t b, index_t h, index_t pos, float scale, const std::int8_t* codes) {
-          const index_t token = (b * heads_ + h) * capacity_ + pos;
-          std::copy(codes, codes + dim_, codes_.data() + token * dim_);
-          scales_[static_cast<std::size_t>(token)] = scale;
-        });
-    for (index_t b = 0; b < batch_; ++b)
-      lengths_[static_cast<std::size_t>(b)] = std::max(length(b), pos0 + kc.extent(1));
+    quantise("attend::sparse::int8_row_keys::store", k, pos0,
+             [&](index_t b, index_t h, index_t pos, const std::int8_t* codes) {
+               std::copy(codes, codes + dim_, codes_.data() + token(b, h, pos) * dim_);
+             });
   }
-
-  index_t batch() const noexcept { return batch_; }
-  index_t heads() const noexcept { return heads_; }
-  index_t dim() const noexcept { return dim_; }
-  index_t capacity() const noexcept { return capacity_; }
-  /// Tokens stored so far in sequence b (the largest stored position + 1).
-  index_t length(index_t b) const noexcept { return lengths_[static_cast<std::size_t>(b)]; }
 
   /// The dim codes of token t in (b, h).
   const std::int8_t* row(index_t b, index_t t, index_t h) const noexcept {
-    return codes_.data() + ((b * heads_ + h) * capacity_ + t) * dim_;
+    return codes_.data() + token(b, h, t) * dim_;
   }
   /// The scale of token t in (b, h).
   const float* scale(index_t b, index_t t, index_t h) const noexcept {
-    return scales_.data() + (b * heads_ + h) * capacity_ + t;
+    return scales_.data() + token(b, h, t);
   }
   /// The value the copy represents for (b, t, h, d): scale * int8 (for tests).
   float dequantised(index_t b, index_t t, index_t h, index_t d) const noexcept {
@@ -147,9 +174,6 @@ class int8_row_keys {
 
  private:
   cache_vector<std::int8_t> codes_;
-  cache_vector<float> scales_;
-  std::vector<index_t> lengths_;
-  index_t batch_ = 0, heads_ = 0, dim_ = 0, capacity_ = 0;
 };
 
 }  // namespace attend::sparse

@@ -31,7 +31,7 @@ namespace attend::sparse {
 
 /// An int8 copy of a key cache [batch, capacity, heads_kv, dim]: k ~= scale(b, t, h) * int8,
 /// quantised per token as int8_row_keys (detail::quantise_keys_int8), laid out for scans.
-class int8_keys {
+class int8_keys : public detail::int8_copy_base {
  public:
   static constexpr index_t block = 16;  // tokens per block
   /// Largest head dimension: the exact dot product of an int16 query (|q| <= 32896) and int8
@@ -56,41 +56,23 @@ class int8_keys {
                  "attend::sparse::int8_keys: need batch, capacity, heads >= 1 and a dim in [4, ",
                  max_dim, "] that is a multiple of 4 (got ", batch, ", ", capacity, ", ", heads_kv,
                  ", ", dim, ")");
-    batch_ = batch;
-    heads_ = heads_kv;
-    dim_ = dim;
     blocks_ = (capacity + block - 1) / block;
-    capacity_ = blocks_ * block;
+    set_shape(batch, blocks_ * block, heads_kv, dim);
     const std::size_t bytes = static_cast<std::size_t>(batch * heads_kv * blocks_ * block * dim);
     data_.assign(bytes, std::uint8_t{128});  // zero
-    scales_.assign(static_cast<std::size_t>(batch * heads_kv * capacity_), 0.0f);
-    lengths_.assign(static_cast<std::size_t>(batch), 0);
   }
 
   /// Quantises k [batch, n, heads_kv, dim] (float, bf16 or fp16) into positions
   /// [pos0, pos0 + n) (append new tokens with pos0 = the current length). Extends length(b).
   template <class TK>
   void store(const tensor_view<TK, 4>& k, index_t pos0 = 0) {
-    using KV = std::remove_const_t<TK>;
-    const view4<const KV> kc = k;
-    detail::quantise_keys_int8(
-        "attend::sparse::int8_keys::store", kc, batch_, heads_, dim_, capacity_, pos0,
-        [&](index_t b, index_t h, index_t pos, float scale, const std::int8_t* codes) {
-          scales_[static_cast<std::size_t>((b * heads_ + h) * capacity_ + pos)] = scale;
-          std::uint8_t* blk = block_data(b, h, pos / block);
-          for (index_t d = 0; d < dim_; ++d)
-            blk[offset(pos % block, d)] = static_cast<std::uint8_t>(codes[d] + 128);
-        });
-    for (index_t b = 0; b < batch_; ++b)
-      lengths_[static_cast<std::size_t>(b)] = std::max(length(b), pos0 + kc.extent(1));
+    quantise("attend::sparse::int8_keys::store", k, pos0,
+             [&](index_t b, index_t h, index_t pos, const std::int8_t* codes) {
+               std::uint8_t* blk = block_data(b, h, pos / block);
+               for (index_t d = 0; d < dim_; ++d)
+                 blk[offset(pos % block, d)] = static_cast<std::uint8_t>(codes[d] + 128);
+             });
   }
-
-  index_t batch() const noexcept { return batch_; }
-  index_t heads() const noexcept { return heads_; }
-  index_t dim() const noexcept { return dim_; }
-  index_t capacity() const noexcept { return capacity_; }
-  /// Tokens stored so far in sequence b (the largest stored position + 1).
-  index_t length(index_t b) const noexcept { return lengths_[static_cast<std::size_t>(b)]; }
 
   /// Block blk of (b, h): [dim / 4][16 tokens][4] bytes, int8 + 128 (see offset).
   const std::uint8_t* block_data(index_t b, index_t h, index_t blk) const noexcept {
@@ -102,7 +84,7 @@ class int8_keys {
   }
   /// Scales of (b, h): [capacity].
   const float* scales(index_t b, index_t h) const noexcept {
-    return scales_.data() + (b * heads_ + h) * capacity_;
+    return scales_.data() + token(b, h, 0);
   }
   /// The value the copy represents for (b, t, h, d): scale * int8 (for tests).
   float dequantised(index_t b, index_t t, index_t h, index_t d) const noexcept {
@@ -119,9 +101,7 @@ class int8_keys {
     return data_.data() + ((b * heads_ + h) * blocks_ + blk) * block * dim_;
   }
   cache_vector<std::uint8_t> data_;  // 64-byte aligned (blocks are loaded aligned)
-  cache_vector<float> scales_;
-  std::vector<index_t> lengths_;
-  index_t batch_ = 0, heads_ = 0, dim_ = 0, blocks_ = 0, capacity_ = 0;
+  index_t blocks_ = 0;
 };
 
 namespace detail {
