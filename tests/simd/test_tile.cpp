@@ -97,6 +97,7 @@ TEST(QkDot, EqualsDoubleDotProductsForEveryRowPacking) {
 TEST(QkDot, WidensInt8Codes) {
   check_qk_dot<1, std::int8_t>();
   check_qk_dot<4, std::int8_t>();
+  check_qk_dot<static_cast<int>(simd::lanes<arch>), std::int8_t>();
 }
 
 TEST(ScoresToRows, EqualsTransposeWithNanAsMinusInfinity) {

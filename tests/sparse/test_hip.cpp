@@ -116,7 +116,9 @@ void check_search(const hip_case& c, unsigned seed) {
       kb.storage[i] = from_float<bf16>(k.storage[i]);
     sparse::hip_select(q.view, kb.view, lists, p);
   } else if (c.keys == keys_int8_copy) {
-    // Rows times 1, 2, 4 or 8: scales differ by token (and stay exact multiples of 1 / 127).
+    // Rows times 1, 2, 4 or 8: scales differ by token. They are fl(1 / 127) times powers of two
+    // and the codes' dot products small integers, so distinct exact scores stay distinct after
+    // the kernel rounds score * scale to float, and the double brute force ranks them alike.
     std::uniform_int_distribution<int> octave(0, 3);
     for (index_t b = 0; b < c.batch; ++b)
       for (index_t t = 0; t < c.seq_k; ++t)

@@ -2,8 +2,8 @@
 // lengths and quantising store are detail::int8_copy_base):
 //   int8_keys      (topk_int8.hpp) blocks of 16 tokens, for scans that score every key;
 //   int8_row_keys  (here) one row per token, for searches that gather scattered keys (HiP).
-// Both quantise the same way (scale = max |k[d]| / 127, code = round(k / scale)), so they
-// represent the same values.
+// Both quantise the same way (scale = max |k[d]| / 127, code = round(k * 127 / max |k[d]|)), so
+// they represent the same values.
 //
 // int8_row_keys lays out each (batch, KV head) as [capacity][dim] signed bytes, with the scales
 // [capacity] beside them: a gathered key reads dim bytes (a quarter of an fp32 row), and
@@ -28,8 +28,9 @@ namespace detail {
 
 /// Quantises k [batch, n, heads, dim] (float, bf16 or fp16) into positions [pos0, pos0 + n) of a
 /// copy of `capacity` tokens, per token and head: put(b, h, pos, scale, codes) receives the scale
-/// (max |k| / 127) and the dim int8 codes round(k / scale) in [-127, 127] (all 0 for a zero row;
-/// NaN elements are ignored by the maximum and get code 0).
+/// (max |k| / 127) and the dim int8 codes round(k * 127 / max |k|) in [-127, 127] (all 0 for a
+/// zero row). NaN elements are ignored by the maximum and get code 0; a row holding an infinity
+/// gets scale inf and codes 0, so its scores are NaN and a search never selects it.
 template <class KV, class Put>
 void quantise_keys_int8(const char* op, const view4<const KV>& k, index_t batch, index_t heads,
                         index_t dim, index_t capacity, index_t pos0, Put&& put) {
@@ -47,13 +48,14 @@ void quantise_keys_int8(const char* op, const view4<const KV>& k, index_t batch,
       const KV* src = k.data() + k.offset(b, t, h, 0);
       float amax = 0.0f;
       for (index_t d = 0; d < dim; ++d) amax = std::max(amax, std::abs(to_float(src[d])));
-      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      // In double: 127 / amax overflows float for amax below ~1e-36.
+      const double inv = amax > 0.0f ? 127.0 / double(amax) : 0.0;
       for (index_t d = 0; d < dim; ++d) {
-        const float x = std::nearbyint(to_float(src[d]) * inv);
+        const double x = std::nearbyint(double(to_float(src[d])) * inv);
         // NaN (a NaN key, or an infinite one times inv = 0) becomes code 0: converting it to
         // an integer would be undefined.
         codes[static_cast<std::size_t>(d)] =
-            static_cast<std::int8_t>(x == x ? std::clamp(x, -127.0f, 127.0f) : 0.0f);
+            static_cast<std::int8_t>(x == x ? std::clamp(x, -127.0, 127.0) : 0.0);
       }
       put(b, h, pos0 + t, amax / 127.0f, codes.data());
     }
@@ -82,6 +84,13 @@ void validate_int8_copy(const char* op, const view4<const float>& q, const Keys&
 /// the stored lengths, and the quantising store. The derived copy lays out the codes.
 class int8_copy_base {
  public:
+  int8_copy_base() = default;
+  // Move-only: a copy of a whole cache's keys should not happen by accident.
+  int8_copy_base(const int8_copy_base&) = delete;
+  int8_copy_base& operator=(const int8_copy_base&) = delete;
+  int8_copy_base(int8_copy_base&&) noexcept = default;
+  int8_copy_base& operator=(int8_copy_base&&) noexcept = default;
+
   index_t batch() const noexcept { return batch_; }
   index_t heads() const noexcept { return heads_; }
   index_t dim() const noexcept { return dim_; }
@@ -99,7 +108,9 @@ class int8_copy_base {
     scales_.assign(static_cast<std::size_t>(batch * heads * capacity), 0.0f);
     lengths_.assign(static_cast<std::size_t>(batch), 0);
   }
-  /// Index of (b, h, pos) in the scales: (b * heads + h) * capacity + pos.
+  ~int8_copy_base() = default;  // protected: not deleted through the base
+  /// Index of token pos of (b, h) among the copy's tokens, (b * heads + h) * capacity + pos: its
+  /// scale's index (and its row's, times dim, in int8_row_keys).
   index_t token(index_t b, index_t h, index_t pos) const noexcept {
     return (b * heads_ + h) * capacity_ + pos;
   }
@@ -134,11 +145,6 @@ class int8_row_keys : public detail::int8_copy_base {
   int8_row_keys(index_t batch, index_t capacity, index_t heads_kv, index_t dim) {
     reshape(batch, capacity, heads_kv, dim);
   }
-  // Move-only: a copy of a whole cache's keys should not happen by accident.
-  int8_row_keys(const int8_row_keys&) = delete;
-  int8_row_keys& operator=(const int8_row_keys&) = delete;
-  int8_row_keys(int8_row_keys&&) noexcept = default;
-  int8_row_keys& operator=(int8_row_keys&&) noexcept = default;
 
   /// Re-shapes (contents are discarded; lengths become 0).
   void reshape(index_t batch, index_t capacity, index_t heads_kv, index_t dim) {

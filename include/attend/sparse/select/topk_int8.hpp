@@ -43,11 +43,6 @@ class int8_keys : public detail::int8_copy_base {
   int8_keys(index_t batch, index_t capacity, index_t heads_kv, index_t dim) {
     reshape(batch, capacity, heads_kv, dim);
   }
-  // Move-only: a copy of a whole cache's keys should not happen by accident.
-  int8_keys(const int8_keys&) = delete;
-  int8_keys& operator=(const int8_keys&) = delete;
-  int8_keys(int8_keys&&) noexcept = default;
-  int8_keys& operator=(int8_keys&&) noexcept = default;
 
   /// Re-shapes (contents are discarded; lengths become 0). dim must be a multiple of 4.
   void reshape(index_t batch, index_t capacity, index_t heads_kv, index_t dim) {
