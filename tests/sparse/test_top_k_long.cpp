@@ -1,9 +1,12 @@
 // select::top_k_long (the top-k of a score per cached token, in vectorised streaming passes)
 // equals select::top_k, the nth_element oracle: with ties, NaN and -inf entries, signed zeros and
-// extreme values, and a trial bound that must be rejected. Built for every ISA the kernels
-// target (native, AVX2, AVX-512), since its passes are SIMD code.
+// extreme values, and a trial bound that must be rejected; the chosen scores it can return are
+// the scores at the chosen indices. Built for every ISA the kernels target (native, AVX2,
+// AVX-512), since its passes are SIMD code.
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <cstring>
 #include <iterator>
 #include <limits>
 #include <random>
@@ -13,6 +16,12 @@
 
 namespace attend {
 namespace {
+
+std::uint32_t bits_of(float x) {
+  std::uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+}
 
 TEST(TopkLong, EqualsTopK) {
   std::mt19937 rng(1000);
@@ -29,6 +38,16 @@ TEST(TopkLong, EqualsTopK) {
       const index_t c = sparse::select::top_k_long(s.data(), n, k, got.data(), scratch.data());
       got.resize(static_cast<std::size_t>(c));
       EXPECT_EQ(got, want) << "n " << n << " k " << k;
+      // With room for the chosen scores: the same list, and each score beside its index.
+      std::vector<index_t> again(got.size() + 1);
+      std::vector<float> values(got.size() + 1, -1.0f);
+      ASSERT_EQ(sparse::select::top_k_long(s.data(), n, k, again.data(), scratch.data(),
+                                           values.data()),
+                c);
+      for (index_t e = 0; e < c; ++e) {
+        EXPECT_EQ(again[e], got[e]);
+        EXPECT_EQ(bits_of(values[e]), bits_of(s[got[e]])) << "n " << n << " k " << k;
+      }
     }
 }
 

@@ -367,14 +367,29 @@ struct compress_table {
 inline constexpr compress_table compress_lanes{};
 #endif
 
+/// Entries of slack keep_reaching needs past its output's count.
+inline constexpr index_t reaching_slack = 16;
+
 /// Appends (in index order) the scores[i] >= bound to cval and their indices to cidx; returns
-/// the count. About one register in four holds a hit at decode, too many to branch on: AVX2
-/// packs each register's hits with a permutation and stores all eight lanes, so cval and cidx
-/// need 8 entries of slack past the count. n < 2^31.
+/// the count. About one register in four holds a hit at decode, too many to branch on: AVX-512
+/// compresses each register's hits, AVX2 packs them with a permutation, and both store the
+/// whole register, so cval and cidx need reaching_slack entries past the count. n < 2^31.
 inline index_t keep_reaching(const float* scores, index_t n, float bound, float* cval,
                              std::int32_t* cidx) noexcept {
   index_t c = 0, i = 0;
-#if defined(__AVX2__)
+#if defined(__AVX512F__)
+  const __m512 vb = _mm512_set1_ps(bound);
+  const __m512i sixteen = _mm512_set1_epi32(16);
+  __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (const index_t whole = n - n % 16; i < whole; i += 16) {
+    const __m512 x = _mm512_loadu_ps(scores + i);
+    const __mmask16 m = _mm512_cmp_ps_mask(x, vb, _CMP_GE_OQ);
+    _mm512_storeu_ps(cval + c, _mm512_maskz_compress_ps(m, x));
+    _mm512_storeu_si512(cidx + c, _mm512_maskz_compress_epi32(m, lane));
+    c += __builtin_popcount(static_cast<unsigned>(m));
+    lane = _mm512_add_epi32(lane, sixteen);
+  }
+#elif defined(__AVX2__)
   const __m256 vb = _mm256_set1_ps(bound);
   const __m256i eight = _mm256_set1_epi32(8);
   __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -401,7 +416,9 @@ inline index_t keep_reaching(const float* scores, index_t n, float bound, float*
 }  // namespace detail
 
 /// Scratch floats top_k_long needs for n scores.
-inline index_t top_k_long_scratch(index_t n) noexcept { return 4 * n + 16; }
+inline index_t top_k_long_scratch(index_t n) noexcept {
+  return 4 * n + 2 * detail::reaching_slack;
+}
 
 /// top_k for long score vectors (token scores over a whole KV cache at decode, HiP's children):
 /// the same result as top_k (indices ascending, NaN and -inf never chosen, ties to the lower
@@ -413,9 +430,10 @@ inline index_t top_k_long_scratch(index_t n) noexcept { return 4 * n + 16; }
 /// data). Shorter vectors take every selectable score as a candidate.
 /// \param n below 2^31  \param out room for min(k, n) indices
 /// \param scratch at least top_k_long_scratch(n) floats
+/// \param values when given, receives the chosen scores in list order (room for min(k, n))
 /// Returns the number written: min(k, number of selectable entries).
 inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* out,
-                          float* scratch) noexcept {
+                          float* scratch, float* values = nullptr) noexcept {
   ATTEND_DCHECK(n <= std::numeric_limits<std::int32_t>::max());
   if (k <= 0 || n <= 0) return 0;
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -423,9 +441,10 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
   while (per > 1 && n / per < 4 * k) per /= 2;
   const index_t groups = (n + per - 1) / per;
   float* gmax = scratch;                                          // [groups <= n] group maxima
-  float* cval = scratch + n;                                      // [n + 8] candidate values
-  auto* cidx = reinterpret_cast<std::int32_t*>(scratch + 2 * n + 8);  // [n + 8] their indices
-  auto* keys = reinterpret_cast<std::int32_t*>(scratch + 3 * n + 16);  // [n] ordered keys
+  constexpr index_t slack = detail::reaching_slack;
+  float* cval = scratch + n;                                           // [n + slack] candidates
+  auto* cidx = reinterpret_cast<std::int32_t*>(scratch + 2 * n + slack);  // [n + slack] indices
+  auto* keys = reinterpret_cast<std::int32_t*>(scratch + 3 * n + 2 * slack);  // [n] ordered keys
   float bound = ninf;
   if (per > 1 && groups > k) {
     for (index_t g = 0; g < groups; ++g) gmax[g] = ninf;
@@ -449,6 +468,7 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
       scores, n, bound > ninf ? bound : std::numeric_limits<float>::lowest(), cval, cidx);
   if (c <= k) {  // every candidate is chosen (only when at most k entries are selectable)
     std::copy(cidx, cidx + c, out);
+    if (values != nullptr) std::copy(cval, cval + c, values);
     return c;
   }
   // The k-th largest candidate, then one branch-free pass (about half may be taken) over the
@@ -461,6 +481,7 @@ inline index_t top_k_long(const float* scores, index_t n, index_t k, index_t* ou
   for (index_t i = 0; i < c && written < k; ++i) {
     const index_t tie = static_cast<index_t>(keys[i] == tau) & static_cast<index_t>(ties > 0);
     out[written] = cidx[i];  // kept only if taken
+    if (values != nullptr) values[written] = cval[i];
     written += static_cast<index_t>(keys[i] > tau) | tie;
     ties -= tie;
   }

@@ -88,9 +88,16 @@ struct score_buffers {
   index_t* hi = nullptr;
   /// The scorer writes agg (the maximum over each KV group's heads) instead of the head rows.
   bool scorer_takes_group_max = false;
+  /// Lists per query head: [batch][heads_q][list_k], the scores of each list's keys in list
+  /// order (the attend stage's logits, without a gather from the score rows).
+  float* values = nullptr;
+  index_t list_k = 0;
 
   float* row(index_t b, index_t h) const noexcept { return scores + (b * heads_q + h) * ld; }
   float* agg_row(index_t b, index_t o) const noexcept { return agg + (b * owners + o) * ld; }
+  float* value_row(index_t b, index_t h) const noexcept {
+    return values + (b * heads_q + h) * list_k;
+  }
   float* part(index_t b, index_t h, index_t c) const noexcept {
     return partial + ((b * heads_q + h) * chunks + c) * 2;
   }
@@ -99,10 +106,12 @@ struct score_buffers {
   }
 };
 
-/// Lays out the buffers in `ws` (grown as needed), with `scorer_floats` for the scorer.
+/// Lays out the buffers in `ws` (grown as needed), with `scorer_floats` for the scorer and,
+/// for lists per query head of capacity list_k, their scores (values).
 template <class Arch, class KV>
 score_buffers carve_scores(workspace& ws, index_t batch, index_t heads_q, index_t heads_kv,
-                           index_t dk, index_t ld, list_owner owner, index_t scorer_floats = 0) {
+                           index_t dk, index_t ld, list_owner owner, index_t scorer_floats = 0,
+                           index_t list_k = 0) {
   score_buffers s;
   s.batch = batch;
   s.heads_q = heads_q;
@@ -113,6 +122,7 @@ score_buffers carve_scores(workspace& ws, index_t batch, index_t heads_q, index_
   s.owners = owner_count(owner, heads_q, heads_kv);
   s.chunks = (ld + s.chunk - 1) / s.chunk;
   const int threads = attend::detail::max_threads();
+  s.list_k = owner == list_owner::q_head ? list_k : 0;
   s.topk_stride = select::top_k_long_scratch(ld);
   const index_t max_rows = engine::max_rows_for(dk, dk);
   s.engine_stride = engine::scratch<Arch, KV>::floats(max_rows, dk, dk);
@@ -125,6 +135,7 @@ score_buffers carve_scores(workspace& ws, index_t batch, index_t heads_q, index_
     s.topk = b.take<float>(threads * s.topk_stride);
     s.engine = b.take<float>(threads * s.engine_stride);
     s.scorer = b.take<float>(scorer_floats);
+    s.values = b.take<float>(batch * heads_q * s.list_k);
     s.lo = b.take<index_t>(batch);
     s.hi = b.take<index_t>(batch);
   };
@@ -361,7 +372,7 @@ void reduce_heads(const score_buffers& s, list_owner owner, head_reduce reduce) 
 }
 
 /// Top-k per (batch, owner) of the scores (own lists) or aggregates (shared lists) into list
-/// (b, o, tile) of `out`.
+/// (b, o, tile) of `out`; lists per query head also keep their keys' scores (s.values).
 inline void select_top(const score_buffers& s, const selection_spec& spec, index_t tile,
                        token_list_buffer& out) {
   const index_t items = s.batch * s.owners;
@@ -370,16 +381,18 @@ inline void select_top(const score_buffers& s, const selection_spec& spec, index
     const index_t lo = s.lo[b], n = s.hi[b] - lo;
     const float* src = (spec.owner == list_owner::q_head ? s.row(b, o) : s.agg_row(b, o)) + lo;
     index_t* dst = out.list(b, o, tile);
+    float* values = s.list_k > 0 ? s.value_row(b, o) : nullptr;
     const index_t c = select::top_k_long(src, n, std::min(spec.k, out.capacity()), dst,
-                                         s.topk + t * s.topk_stride);
+                                         s.topk + t * s.topk_stride, values);
     for (index_t e = 0; e < c; ++e) dst[e] += lo;
     out.count(b, o, tile) = c;
   });
 }
 
 /// The attend stage for tiles of one query (query_block == 1): row (b, i, h) attends to its
-/// list of tile i, with logits s.row(b, h) * logit_scale (the selection scored
-/// selection_scale * q . k; logit_scale = attention scale / selection scale), united with the
+/// list of tile i, with logits score * logit_scale (the selection scored selection_scale * q . k,
+/// kept with a per-head list (s.values) or in the head's score row; logit_scale = attention
+/// scale / selection scale), united with the
 /// implicit sinks and window, which are not candidates and are scored here. Reads the V rows of
 /// the listed keys only. A row with no key gets o = 0 and lse = -inf.
 ///
@@ -533,13 +546,20 @@ struct scored_attention {
       }
     const float ninf = -std::numeric_limits<float>::infinity();
     for (index_t r = 0; r < heads; ++r) {
-      const float* logits = s.row(b, h0 + r);
       float* dst = w + r * keys + n;
-      if (owners == nullptr) {
+      if (s.list_k == 0) {  // a shared list: logits from the head's score row
+        const float* logits = s.row(b, h0 + r);
         for (index_t e = 0; e < count; ++e) dst[e] = logits[list[e]] * logit_scale;
-      } else {
-        for (index_t e = 0; e < count; ++e)
-          dst[e] = owners[e] >> r & 1u ? logits[list[e]] * logit_scale : ninf;
+        continue;
+      }
+      const float* own = s.value_row(b, h0 + r);  // the head's list's scores, in list order
+      if (owners == nullptr) {
+        for (index_t e = 0; e < count; ++e) dst[e] = own[e] * logit_scale;
+        continue;
+      }
+      for (index_t e = 0, next = 0; e < count; ++e) {  // the union: each head's keys in order
+        if (owners[e] >> r & 1u) dst[e] = own[next++] * logit_scale;
+        else dst[e] = ninf;
       }
     }
     for (index_t e = 0; e < count; ++e) vrows[n + e] = rows.v_row(b, list[e], hk);
@@ -597,8 +617,8 @@ void select_tokens(const view4<const float>& q, const Rows& rows, index_t seq_k,
               std::max<index_t>(1, spec.k));
   workspace local;
   workspace& ws = user_scratch ? *user_scratch : local;
-  score_buffers s =
-      carve_scores<Arch, KV>(ws, batch, heads_q, heads_kv, dk, seq_k, spec.owner, scorer_floats);
+  score_buffers s = carve_scores<Arch, KV>(ws, batch, heads_q, heads_kv, dk, seq_k, spec.owner,
+                                           scorer_floats, out.capacity());
   s.scale = spec.scale;
   const bool shared = spec.owner != list_owner::q_head;
   const bool partials = shared && spec.reduce == head_reduce::softmax_sum;
