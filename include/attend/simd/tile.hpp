@@ -89,7 +89,8 @@ ATTEND_INLINE void prefetch_rows_l2(const T* const* rows, index_t count, index_t
 }
 
 /// What the decode kernel prefetches while it computes: K rows `distance` keys ahead (reaching
-/// into the tile that follows) and the current tile's V rows.
+/// into the tile that follows) and the current tile's V rows. A walk across every KV head of a
+/// token row (score_tiles' token walk) reads `heads` rows per key, so it looks fewer keys ahead.
 template <class KV>
 struct prefetch_plan {
   const KV* const* k = nullptr;
@@ -99,7 +100,7 @@ struct prefetch_plan {
   index_t k_off = 0, k_elems = 0;
   const KV* const* v = nullptr;
   index_t v_off = 0, v_elems = 0;
-  static constexpr index_t distance = 8;
+  index_t distance = 8;
 
   ATTEND_INLINE void at(index_t j) const noexcept {
     const index_t a = j + distance;
