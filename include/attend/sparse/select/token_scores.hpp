@@ -557,9 +557,13 @@ struct scored_attention {
         for (index_t e = 0; e < count; ++e) dst[e] = own[e] * logit_scale;
         continue;
       }
-      for (index_t e = 0, next = 0; e < count; ++e) {  // the union: each head's keys in order
-        if (owners[e] >> r & 1u) dst[e] = own[next++] * logit_scale;
-        else dst[e] = ninf;
+      // The union: each head's keys in order. Branch-free (about half the entries are a
+      // head's own); the read index stays inside the head's row of s.values.
+      for (index_t e = 0, next = 0; e < count; ++e) {
+        const bool mine = owners[e] >> r & 1u;
+        const float x = own[std::min(next, s.list_k - 1)] * logit_scale;
+        dst[e] = mine ? x : ninf;
+        next += mine;
       }
     }
     for (index_t e = 0; e < count; ++e) vrows[n + e] = rows.v_row(b, list[e], hk);
