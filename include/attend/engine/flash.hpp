@@ -233,7 +233,7 @@ void score_tiles(const problem<KV>& pb, const row_block& rb, const Keys& keys, c
           const float* q = ws.q + g * rp * dk;
           // Each head's K rows `distance` keys ahead: 8 on a per-head walk, which also takes
           // the tile's V rows; about 16 KiB of token rows on a token walk (4 tokens of 8 f32
-          // heads of dim 128: measured ~2.5% faster for S2's selection and ~1% for dense
+          // heads of dim 128: measured ~3% faster for S2's selection and ~1-2% for dense
           // decode than 8; 8 tokens of bf16, where 4 was slower).
           simd::prefetch_plan<KV> ahead;
           if (walk.prefetch) ahead = {t.k + c0, n - c0, t.next_k, t.next_count, k_off, dk};

@@ -89,8 +89,9 @@ ATTEND_INLINE void prefetch_rows_l2(const T* const* rows, index_t count, index_t
 }
 
 /// What the decode kernel prefetches while it computes: K rows `distance` keys ahead (reaching
-/// into the tile that follows) and the current tile's V rows. A walk across every KV head of a
-/// token row (score_tiles' token walk) reads `heads` rows per key, so it looks fewer keys ahead.
+/// into the tile that follows) and the current tile's V rows. score_tiles' token walk, which
+/// reads every KV head of a token row, sets the distance to about 16 KiB of token rows (4 to 16
+/// keys).
 template <class KV>
 struct prefetch_plan {
   const KV* const* k = nullptr;

@@ -373,7 +373,8 @@ inline constexpr index_t reaching_slack = 16;
 /// Appends (in index order) the scores[i] >= bound to cval and their indices to cidx; returns
 /// the count. About one register in four holds a hit at decode, too many to branch on: AVX-512
 /// compresses each register's hits, AVX2 packs them with a permutation, and both store the
-/// whole register, so cval and cidx need reaching_slack entries past the count. n < 2^31.
+/// whole register: cval and cidx take up to reaching_slack entries past the count (never past
+/// n when they have room for n). n < 2^31.
 inline index_t keep_reaching(const float* scores, index_t n, float bound, float* cval,
                              std::int32_t* cidx) noexcept {
   index_t c = 0, i = 0;

@@ -384,6 +384,8 @@ inline void select_top(const score_buffers& s, const selection_spec& spec, index
     float* values = s.list_k > 0 ? s.value_row(b, o) : nullptr;
     const index_t c = select::top_k_long(src, n, std::min(spec.k, out.capacity()), dst,
                                          s.topk + t * s.topk_stride, values);
+    // One written entry past a short list: the union's branch-free fill reads it (and drops it).
+    if (values != nullptr && c < s.list_k) values[c] = 0.0f;
     for (index_t e = 0; e < c; ++e) dst[e] += lo;
     out.count(b, o, tile) = c;
   });
@@ -548,6 +550,7 @@ struct scored_attention {
     for (index_t r = 0; r < heads; ++r) {
       float* dst = w + r * keys + n;
       if (s.list_k == 0) {  // a shared list: logits from the head's score row
+        ATTEND_DCHECK(owners == nullptr);  // unions are of per-head lists, which keep values
         const float* logits = s.row(b, h0 + r);
         for (index_t e = 0; e < count; ++e) dst[e] = logits[list[e]] * logit_scale;
         continue;
@@ -558,7 +561,7 @@ struct scored_attention {
         continue;
       }
       // The union: each head's keys in order. Branch-free (about half the entries are a
-      // head's own); the read index stays inside the head's row of s.values.
+      // head's own); the read index stays within the head's count + 1 written values.
       for (index_t e = 0, next = 0; e < count; ++e) {
         const bool mine = owners[e] >> r & 1u;
         const float x = own[std::min(next, s.list_k - 1)] * logit_scale;
